@@ -1,0 +1,323 @@
+"""Sessions, autosave, mask and model export for the docks (the file formats live in ``core.session``).
+
+Nothing the user painted or corrected is lost: the labels and the review state are autosaved into the
+session folder every ``AUTOSAVE_MS`` when something changed, after each accept, when a run starts and
+when it ends. The arrays are copied on the main thread (fast) and written by a worker (slow).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from ..core.checkpoint import load_checkpoint, sha256_bytes
+from ..core.errors import CheckpointError, DataError, SamatchError
+from ..core.session import SessionState, default_session_dir, load_session, save_session
+from ..core.volume import Volume
+from ._layers import PromptTable
+from ._runner import failure_message
+
+if TYPE_CHECKING:
+    from ._controller import Controller
+
+log = logging.getLogger(__name__)
+AUTOSAVE_MS = 30_000
+
+
+class SessionManager(QObject):
+    """Where the session lives, what changed since the last save, and saving/opening it."""
+
+    saved = Signal(str)  # folder, after a successful save (main thread)
+
+    def __init__(self, controller: "Controller") -> None:
+        super().__init__()
+        self.ctl = controller
+        self._folder: Path | None = None
+        self.user_folder = False           # the user chose the folder (Save as / Open): keep it
+        self.dirty: set[str] = set()
+        self.checkpoint_path: Path | None = None
+        self.settings: dict[str, Any] = {}  # the Train dock's settings (kept current by the dock)
+        self._saving = False
+        self._again = False
+        self._labels_hash: str | None = None
+        self.last_saved = 0.0
+        self.last_error: str | None = None
+        self.timer = QTimer(self)
+        self.timer.setInterval(AUTOSAVE_MS)
+        self.timer.timeout.connect(self.autosave)
+        self.timer.start()
+
+    # ------------------------------------------------------------------ folder
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            img = self.ctl.image_layer
+            name = img.name if img is not None else "untitled"
+            src = (img.metadata.get("source") if img is not None else None) or None
+            self._folder = default_session_dir(name, src)
+        return self._folder
+
+    def set_folder(self, folder: str | Path) -> None:
+        if self._folder is None or Path(folder) != self._folder:
+            self._labels_hash = None
+        self._folder, self.user_folder = Path(folder), True
+
+    def image_changed(self) -> None:
+        if not self.user_folder:
+            self._folder, self._labels_hash = None, None
+
+    def mark_dirty(self, what: str) -> None:
+        self.dirty.add(what)
+
+    # ------------------------------------------------------------------ save
+    def snapshot(self) -> SessionState:
+        """Copies of everything to save (main thread; arrays are copied so editing may go on)."""
+        ctl, rev = self.ctl, self.ctl.review
+        img = ctl.image_layer
+        settings = {"axis": ctl.axis, "class_names": list(ctl.class_names), "val_slices": ctl.val_slices,
+                    "image_layer": img.name if img is not None else None,
+                    "labels_layer": ctl.labels_layer.name if ctl.labels_layer is not None else None,
+                    "scores": {str(k): v for k, v in rev.scores.items()},
+                    "prompt_edited": sorted(rev.prompt_edited), "train": dict(self.settings)}
+        vol_src = img.metadata.get("source") if img is not None else None
+        state = SessionState(
+            name=img.name if img is not None else "session", settings=settings,
+            labels=np.array(ctl.labels_layer.data, copy=True) if ctl.labels_layer is not None else None,
+            labeled_slices=ctl.labeled_slices(), accepted_slices=sorted(rev.accepted),
+            corrected_slices=sorted(rev.corrected), source=vol_src,
+            spacing=(img.metadata.get("spacing") or tuple(img.scale)) if img is not None else None,
+            affine=img.metadata.get("affine") if img is not None else None)
+        if "pseudo" in rev.layers:
+            state.pseudo_labels = np.array(rev.layers["pseudo"].data, copy=True)
+            state.confidence = np.array(rev.layers["confidence"].data, copy=True)
+            state.prompts = rev.table.to_dict()
+        if img is not None and not (vol_src and Path(vol_src).is_file()):
+            state.image = np.array(img.data, copy=True)  # no file to reopen it from (e.g. the sample)
+        return state
+
+    def autosave(self, force: bool = False) -> None:
+        if self.ctl.labels_layer is None or (not self.dirty and not force):
+            return
+        self.save()
+
+    def save(self, folder: str | Path | None = None, block: bool = False) -> None:
+        """Save into ``folder`` (default: the current session folder) in a worker; ``block`` waits."""
+        if folder is not None:
+            self.set_folder(folder)
+        if self._saving:
+            self._again = True
+            return
+        try:
+            state = self.snapshot()
+        except SamatchError as exc:
+            self.last_error = str(exc)
+            return
+        target, ckpt = self.folder, self.checkpoint_path
+        # set_data events (undo, redraws) mark the labels dirty without knowing; the worker compares hashes
+        skip_if = self._labels_hash if (self.dirty <= {"labels"} and not force_write(folder, block)) else None
+        self.dirty.clear()
+        if block:
+            self._done(self._write(target, state, ckpt, skip_if))
+            return
+        self._saving = True
+        worker = create_worker(self._write, target, state, ckpt, skip_if, _start_thread=False)
+        worker.returned.connect(self._done)
+        worker.start()
+
+    def _write(self, folder: Path, state: SessionState, ckpt: Path | None, skip_if: str | None) -> dict:
+        """Worker thread: write the session, unless only the labels were flagged and they are unchanged."""
+        try:
+            labels_hash = sha256_bytes(state.labels.tobytes()) if state.labels is not None else None
+            if skip_if is not None and labels_hash == skip_if and (Path(folder) / "session.json").is_file():
+                return {"folder": str(folder), "error": None, "labels_hash": labels_hash, "skipped": True}
+            save_session(folder, state, checkpoint=ckpt if ckpt is not None and Path(ckpt).is_file() else None)
+            return {"folder": str(folder), "error": None, "labels_hash": labels_hash}
+        except Exception as exc:  # noqa: BLE001 - a failed autosave must be visible, never fatal
+            return {"folder": str(folder), "error": failure_message(exc, "Saving the session")}
+
+    def _done(self, result: dict) -> None:
+        self._saving = False
+        if result["error"]:
+            self.last_error = result["error"]
+            self.dirty.add("retry")
+            from ._controller import notify_error
+
+            notify_error(result["error"])
+        else:
+            self.last_error = None
+            self._labels_hash = result.get("labels_hash")
+            if not result.get("skipped"):
+                self.last_saved = time.time()
+                self.saved.emit(result["folder"])
+        if self._again:
+            self._again = False
+            self.save()
+
+    # ------------------------------------------------------------------ open
+    def open(self, folder: str | Path) -> SessionState:
+        """Reopen a session: image, labels, review layers, settings, then the model (in a worker)."""
+        state = load_session(folder)
+        ctl, v = self.ctl, self.ctl.viewer
+        st = state.settings
+        shape = state.labels.shape if state.labels is not None else None
+        img = next((ly for ly in ctl.image_layers() if ly.name == st.get("image_layer")
+                    and (shape is None or ctl_shape(ly) == shape)), None)
+        if img is None and state.image is not None:
+            img = v.add_image(state.image, name=st.get("image_layer") or state.name, colormap="gray",
+                              scale=state.spacing, metadata={"spacing": state.spacing, "affine": state.affine,
+                                                             "source": state.source,
+                                                             "class_names": st.get("class_names")})
+        if img is None and state.source and Path(state.source).is_file():
+            from ..core.io import read_volume
+
+            vol = read_volume(state.source)
+            img = v.add_image(vol.image, name=vol.name, colormap="gray", scale=vol.spacing,
+                              metadata={"spacing": vol.spacing, "affine": vol.affine, "source": vol.source})
+        if img is None:
+            raise DataError(f"The image of this session ({state.source or state.name}) is not open and not in the "
+                            "session. Open the image first, then open the session again.")
+        ctl.axis = int(st.get("axis", 0))
+        ctl.class_names = [str(n) for n in st.get("class_names") or []]
+        ctl.val_slices = int(st.get("val_slices", 0))
+        ctl.set_image_layer(img, emit=False)
+        labels = next((ly for ly in ctl.labels_layers() if ly.name == st.get("labels_layer")
+                       and ly.data.shape == ctl.image_shape()), None)
+        if labels is None:
+            labels = v.add_labels(np.zeros(ctl.image_shape(), np.uint8), name=st.get("labels_layer") or "labels",
+                                  scale=tuple(img.scale), translate=tuple(img.translate))
+        if state.labels is not None:
+            labels.data = state.labels
+        ctl.set_labels_layer(labels, emit=False)
+        self._restore_review(state)
+        self.settings = dict(st.get("train") or {})
+        self.set_folder(folder)
+        self.checkpoint_path = state.checkpoint
+        ctl.selection_changed.emit()
+        ctl.refresh_labeled()
+        if state.checkpoint is not None:
+            self.load_model(state.checkpoint, preview=False)
+        show_info(f"Session reopened from {folder}.")
+        return state
+
+    def _restore_review(self, state: SessionState) -> None:
+        rev = self.ctl.review
+        if state.pseudo_labels is None:
+            return
+        rev.ensure_layers()
+        rev._updating = True
+        try:
+            rev.layers["pseudo"].data = state.pseudo_labels
+            rev.layers["confidence"].data = state.confidence if state.confidence is not None else \
+                np.zeros(state.pseudo_labels.shape, np.float32)
+            rev.table = PromptTable.from_dict(state.prompts) if state.prompts else PromptTable()
+            rev.scores = {int(k): float(v) for k, v in (state.settings.get("scores") or {}).items()}
+            rev.corrected, rev.accepted = set(state.corrected_slices), set(state.accepted_slices)
+            rev.prompt_edited = set(int(i) for i in state.settings.get("prompt_edited") or [])
+            rev._draw_prompts()
+        finally:
+            rev._updating = False
+        self.ctl.review_changed.emit()
+
+    # ------------------------------------------------------------------ models
+    def load_model(self, path: str | Path, preview: bool = True, device: str | None = None) -> None:
+        """Build an engine from a training checkpoint or an exported model, in a worker."""
+        ctl = self.ctl
+        vol = ctl.volume()
+        labeled = ctl.labeled_slices()
+        device = device or self.settings.get("device") or "auto"
+
+        def make_engine():
+            data, _ = ctl.build_slices(vol, labeled, [])
+            return engine_from_file(Path(path), data, device)
+
+        self.checkpoint_path = Path(path)
+        from ._runner import TrainingJob
+
+        ctl._launch(TrainingJob(make_engine, ctl.num_slices(), ctl.slice_hw(), None, run=False,
+                                final_preview=preview), 0)
+
+    # ------------------------------------------------------------------ export
+    def final_mask(self) -> np.ndarray:
+        """Pseudo-labels everywhere, the user's own labels on every labeled slice."""
+        ctl = self.ctl
+        if ctl.labels_layer is None:
+            raise DataError("Choose a labels layer in the Data dock first.")
+        user = np.asarray(ctl.labels_layer.data)
+        pseudo = ctl.review.layers.get("pseudo")
+        out = np.array(pseudo.data if pseudo is not None else user, copy=True)
+        from ._layers import slice_view
+
+        for i in ctl.labeled_slices():
+            slice_view(out, i, ctl.axis)[...] = slice_view(user, i, ctl.axis)
+        return out
+
+    def export_masks(self, path: str | Path, which: str = "final") -> list[Path]:
+        """Write masks (``.nii.gz`` with the source affine, ``.tif``, ``.png`` / a folder): final,
+        pseudo (the review layer) or user (the labels layer)."""
+        from ..core.io import write_mask
+
+        ctl = self.ctl
+        if which == "final":
+            arr = self.final_mask()
+        elif which == "pseudo":
+            if "pseudo" not in ctl.review.layers:
+                raise DataError("There are no pseudo-labels yet; train or load a model first.")
+            arr = np.asarray(ctl.review.layers["pseudo"].data)
+        else:
+            arr = np.asarray(ctl.labels_layer.data)
+        img = ctl.image_layer
+        md = img.metadata if img is not None else {}
+        spacing = md.get("spacing") or (tuple(img.scale) if img is not None else None)
+        like = Volume(np.broadcast_to(np.float32(0), arr.shape), spacing=tuple(spacing) if spacing else None,
+                      affine=np.asarray(md["affine"]) if md.get("affine") is not None else None,
+                      name=img.name if img is not None else "mask",
+                      metadata={k: md[k] for k in ("nifti_codes",) if k in md})
+        return write_mask(path, arr, like=like)
+
+    def export_model(self, path: str | Path) -> Path:
+        from ..core.export import export_model
+
+        engine = self.ctl.engine
+        if engine is None:
+            raise DataError("There is no trained model to export yet. Train one first (Start).")
+        with engine.lock:
+            return export_model(engine, path)
+
+
+def force_write(folder, block: bool) -> bool:
+    """An explicit save (a chosen folder, or a blocking save) always writes."""
+    return folder is not None or block
+
+
+def ctl_shape(layer) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in layer.data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def engine_from_file(path: Path, data, device: str = "auto"):
+    """An engine from a training checkpoint (resumable) or an exported model (weights only)."""
+    from ..core.config import from_dict
+    from ..core.engine import Engine
+
+    payload = load_checkpoint(path)
+    if "opt_unet" in payload:
+        return Engine.from_checkpoint(path, data, device=device)
+    config = from_dict({**payload["config"], "device": device})
+    engine = Engine(data, config)
+    try:
+        state = payload.get("unet_best") or payload["unet"]
+        engine.unet.load_state_dict(state)
+        if "sam" in payload:
+            engine.sam.load_state_dict(payload["sam"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"The model in {path} does not fit these classes ({str(exc)[:160]}). "
+                              "Choose a model trained with the same class list.") from exc
+    engine.history, engine.best = list(payload.get("history", [])), dict(payload.get("best", engine.best))
+    return engine

@@ -1,0 +1,221 @@
+"""``napari-samatch``: train, predict, evaluate and demo on the same core as the plugin.
+
+Errors the user can fix (bad files, settings, checkpoints) print one sentence and exit with status 2;
+a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .core import events as ev
+from .core.errors import SamatchError
+
+
+def _progress_printer(quiet: bool = False):
+    """An event callback drawing a tqdm bar over all stages plus metric lines."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def on_event(e: ev.Event) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        if bar is None and e.global_total:
+            bar = tqdm(total=e.global_total, initial=e.global_iteration, unit="it", dynamic_ncols=True,
+                       file=sys.stderr)
+        if e.kind == ev.PROGRESS and bar is not None:
+            bar.set_description(e.stage)
+            losses = e.data.get("losses", {})
+            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}", refresh=False)
+            bar.update(e.global_iteration - bar.n)
+        elif e.kind == ev.METRICS:
+            d = e.data
+            line = f"[{e.stage} {e.iteration}] val Dice {d.get('val_mean_dice', float('nan')):.4f}"
+            if "pseudo_raw_dice" in d:
+                line += f" | pseudo-labels raw {d['pseudo_raw_dice']:.4f}"
+            if "pseudo_refined_dice" in d:
+                line += f" refined {d['pseudo_refined_dice']:.4f}"
+            (bar.write if bar else print)(line)
+        elif e.kind in (ev.STAGE, ev.STOPPED, ev.CHECKPOINT, ev.LOG):
+            (bar.write if bar else print)(e.message)
+        elif e.kind == ev.DONE and bar is not None:
+            bar.close()
+
+    return on_event
+
+
+def _config(args: argparse.Namespace):
+    from .core.config import load_config, preset
+
+    overrides: dict[str, Any] = {}
+    for key in ("method", "warmup_iters", "sam_iters", "joint_iters", "size", "device", "seed", "sam_mode",
+                "sam_backend", "sam_checkpoint", "batch_labeled", "batch_unlabeled", "threads", "eval_every"):
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    for item in getattr(args, "set", None) or []:
+        key, _, raw = item.partition("=")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    if getattr(args, "config", None):
+        return load_config(args.config, preset=args.preset, **overrides)
+    return preset(args.preset, **overrides)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from .core.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=float).encode())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .core import datasets
+    from .core.engine import Engine
+    from .core.export import export_model
+
+    out = Path(args.out)
+    if args.ssl4mis:
+        data, val = datasets.ssl4mis(args.ssl4mis, labeled=args.labeled, limit=args.limit)
+    elif args.folder:
+        data, _ = datasets.image_folder(args.folder, labeled=args.labeled)
+        val = None
+    elif args.image:
+        data, _ = datasets.volume_with_labels(args.image, args.labels, axis=args.axis)
+        val = None
+    else:
+        raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
+    config = _config(args).replace(num_classes=data.num_classes, class_names=list(data.class_names))
+    if args.resume:
+        engine = Engine.from_checkpoint(args.resume, data, val=val)
+    else:
+        engine = Engine(data, config, val=val)
+    print(f"{len(data.labeled_indices())} labeled and {len(data.unlabeled_indices())} unlabeled slices; "
+          f"method {config.method}; device {engine.device}", file=sys.stderr)
+    t0 = time.perf_counter()
+    summary = engine.run(_progress_printer(args.quiet), checkpoint_dir=out)
+    summary["wall_s"] = time.perf_counter() - t0
+    export_model(engine, out / "model.pt")
+    _write_json(out / "metrics.json", {"summary": summary, "history": engine.history, "config": config.to_dict()})
+    print(f"Model written to {out / 'model.pt'}; metrics to {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .core.export import load_model
+    from .core.inference import predict_volume
+    from .core.io import read_volume, write_mask
+
+    unet, config = load_model(args.model)
+    vol = read_volume(args.image)
+    vol.validate()
+    pred = predict_volume(unet, vol.image, config.size, axis=args.axis)
+    write_mask(args.out, pred, like=vol)
+    print(f"Mask written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.evaluate import evaluate_volumes
+    from .core.export import load_model
+    from .core.io import read_ssl4mis_volumes
+
+    unet, config = load_model(args.model)
+    vols = read_ssl4mis_volumes(args.data, args.split)
+    result = evaluate_volumes(unet, vols, config.size, config.class_names)
+    result["model"], result["split"] = str(args.model), args.split
+    print(json.dumps({"per_class": result["per_class"], "mean": result["mean"]}, indent=2, default=float))
+    if args.out:
+        _write_json(Path(args.out), result)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), device=args.device or "auto", quiet=args.quiet, fast=args.fast)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-samatch", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def schedule_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="JSON or TOML file with settings (see docs/cli.md)")
+        sp.add_argument("--preset", default="quick", help="quick | standard | paper (default quick)")
+        sp.add_argument("--method", choices=["supervised", "unimatch", "samatch"])
+        sp.add_argument("--warmup-iters", dest="warmup_iters", type=int)
+        sp.add_argument("--sam-iters", dest="sam_iters", type=int)
+        sp.add_argument("--joint-iters", dest="joint_iters", type=int)
+        sp.add_argument("--size", type=int)
+        sp.add_argument("--batch-labeled", dest="batch_labeled", type=int)
+        sp.add_argument("--batch-unlabeled", dest="batch_unlabeled", type=int)
+        sp.add_argument("--sam-mode", dest="sam_mode", choices=["decoder", "full"])
+        sp.add_argument("--sam-backend", dest="sam_backend", choices=["litemedsam", "sam"])
+        sp.add_argument("--sam-checkpoint", dest="sam_checkpoint")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+        sp.add_argument("--threads", type=int)
+        sp.add_argument("--seed", type=int)
+        sp.add_argument("--eval-every", dest="eval_every", type=int)
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting, repeatable")
+        sp.add_argument("--quiet", action="store_true")
+
+    t = sub.add_parser("train", help="train SAM-Match (or a baseline) and export the model")
+    t.add_argument("--ssl4mis", help="SSL4MIS-layout folder (e.g. ACDC) with train_slices.list")
+    t.add_argument("--labeled", type=int, default=68, help="labeled slices/images (first N of the list)")
+    t.add_argument("--limit", type=int, help="use only the first N training slices (quick tries)")
+    t.add_argument("--image", help="a volume (NIfTI, TIFF, h5) in which a few slices are labeled")
+    t.add_argument("--labels", help="the label file for --image")
+    t.add_argument("--axis", type=int, default=0, help="slice axis of --image")
+    t.add_argument("--folder", help="a folder of 2D images with *_mask*.png masks (BUSI layout)")
+    t.add_argument("--resume", help="a last.pt checkpoint to continue from")
+    t.add_argument("--out", default="samatch-run", help="output folder (checkpoints, model.pt, metrics.json)")
+    schedule_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="segment a volume with a trained model")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--image", required=True)
+    pr.add_argument("--axis", type=int, default=0)
+    pr.add_argument("--out", required=True, help="mask file: .nii.gz, .tif, or a folder for PNGs")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="score a trained model on an SSL4MIS-layout folder")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, help="SSL4MIS-layout folder, e.g. .../ACDC")
+    e.add_argument("--split", default="val.list", help="list file of volumes (val.list, test.list, ...)")
+    e.add_argument("--out", help="write the full metrics JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    d = sub.add_parser("demo", help="SAM-Match on the bundled synthetic volume, on the CPU in minutes")
+    d.add_argument("--out", default="samatch-demo")
+    d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--fast", action="store_true", help="a much shorter schedule (for tests)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SamatchError as exc:
+        print(f"napari-samatch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-samatch: interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Run settings: one dataclass, named presets, strict validation.
+
+A config file (JSON or TOML) holds the same keys as :class:`RunConfig`; unknown keys and values out of
+range raise :class:`ConfigError` naming the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+METHODS = ("supervised", "unimatch", "samatch")
+SAM_MODES = ("decoder", "full")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides what one training run does.
+
+    Stages run in order: ``warmup_iters`` of the Match model (supervised or UniMatch, see
+    ``warmup_method``), ``sam_iters`` of SAM fine-tuning on labeled slices with ground-truth boxes,
+    then ``joint_iters`` of the chosen ``method``. A stage with 0 iterations is skipped.
+    """
+
+    method: str = "samatch"
+    warmup_method: str = "unimatch"
+    warmup_iters: int = 200
+    sam_iters: int = 100
+    joint_iters: int = 300
+    size: int = 256
+    batch_labeled: int = 4
+    batch_unlabeled: int = 4
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    sam_lr: float = 1e-4
+    sam_mode: str = "decoder"
+    sam_backend: str = "litemedsam"
+    sam_checkpoint: str | None = None
+    sam_model_type: str = "auto"
+    sam_unlabeled_weight: float = 0.25
+    conf_thresh: float = 0.95
+    prompt_thresh: float = 0.7
+    bbox_shift: int = 5
+    components: str = "largest"
+    points: int = 1
+    negative_points: int = 1
+    nested_fusion: bool = True
+    # multiply SAM's confidence by its own IoU prediction (off: LiteMedSAM's IoU head rarely exceeds 0.9,
+    # which would push every pixel under the 0.95 loss threshold)
+    iou_confidence: bool = False
+    cache_budget_mb: float = 2048.0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    threads: int = 0
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    checkpoint_dir: str | None = None
+    num_classes: int = 4
+    class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"Setting '{key}' = {getattr(self, key)!r} is invalid: {what}.")
+
+        need(self.method in METHODS, "method", f"choose one of {', '.join(METHODS)}")
+        need(self.warmup_method in ("supervised", "unimatch"), "warmup_method", "choose supervised or unimatch")
+        for key in ("warmup_iters", "sam_iters", "joint_iters"):
+            need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "use a whole number >= 0")
+        need(isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0, "size",
+             "use a multiple of 16, at least 32 (256 is the paper's)")
+        need(1 <= self.batch_labeled <= 256, "batch_labeled", "use 1..256")
+        need(1 <= self.batch_unlabeled <= 256, "batch_unlabeled", "use 1..256")
+        need(0 < self.lr <= 1, "lr", "use a learning rate in (0, 1]")
+        need(0 < self.sam_lr <= 1, "sam_lr", "use a learning rate in (0, 1]")
+        need(0 <= self.momentum < 1, "momentum", "use a value in [0, 1)")
+        need(0 <= self.weight_decay < 1, "weight_decay", "use a value in [0, 1)")
+        need(self.sam_mode in SAM_MODES, "sam_mode", "choose decoder or full")
+        need(self.sam_backend in ("litemedsam", "sam"), "sam_backend", "choose litemedsam or sam")
+        need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
+        need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
+        need(0 < self.prompt_thresh < 1, "prompt_thresh", "use a probability in (0, 1)")
+        need(0 <= self.bbox_shift <= 64, "bbox_shift", "use 0..64 pixels")
+        need(self.components in ("largest", "all"), "components", "choose largest or all")
+        need(0 <= self.points <= 8, "points", "use 0..8 points per prompt")
+        need(0 <= self.negative_points <= 8, "negative_points", "use 0..8 points per prompt")
+        need(self.cache_budget_mb >= 0, "cache_budget_mb", "use a size in MB >= 0")
+        need(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
+        need(self.threads >= 0, "threads", "use 0 (all cores) or a positive count")
+        need(self.eval_every >= 0, "eval_every", "use 0 (never) or a positive count")
+        need(self.checkpoint_every >= 0, "checkpoint_every", "use 0 (only at the end) or a positive count")
+        need(2 <= self.num_classes <= 64, "num_classes", "use 2..64 classes, background included")
+        need(len(self.class_names) == self.num_classes, "class_names",
+             f"give one name per class ({self.num_classes} names, background first)")
+
+    @property
+    def total_iters(self) -> int:
+        return self.warmup_iters + self.sam_iters + self.joint_iters
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return from_dict({**self.to_dict(), **changes})
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a config, refusing unknown keys with the list of known ones."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown setting(s) {', '.join(unknown)}. Known settings: {', '.join(sorted(known))}."
+        )
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise ConfigError(f"A setting has the wrong type: {exc}. Check the config file.") from exc
+
+
+def load_config(path: str | Path, preset: str | None = None, **overrides: Any) -> RunConfig:
+    """Read a JSON or TOML config file, on top of an optional preset, then apply overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist. Give the path of a .json or .toml file.")
+    try:
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file {path} could not be parsed ({exc}). Fix its syntax.") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {path} must hold a table of settings, not {type(values).__name__}.")
+    base = PRESETS[preset].to_dict() if preset else {}
+    return from_dict({**base, **values, **overrides})
+
+
+def preset(name: str, **overrides: Any) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset '{name}'. Choose one of {', '.join(PRESETS)}.")
+    return from_dict({**PRESETS[name].to_dict(), **overrides})
+
+
+PRESETS: dict[str, RunConfig] = {
+    # A few minutes on a laptop CPU: small frame, short stages.
+    "quick": RunConfig(size=128, warmup_iters=150, sam_iters=60, joint_iters=150, batch_labeled=4,
+                       batch_unlabeled=4, eval_every=50, checkpoint_every=50),
+    # A good default on a GPU, tolerable on a CPU overnight.
+    "standard": RunConfig(size=256, warmup_iters=2000, sam_iters=500, joint_iters=4000, eval_every=500,
+                          checkpoint_every=500),
+    # The paper's joint schedule: 30 000 iterations, batch 4 + 4, SGD 0.01 with poly decay.
+    "paper": RunConfig(size=256, warmup_iters=0, sam_iters=1000, joint_iters=30000, eval_every=1000,
+                       checkpoint_every=2000),
+}

@@ -1,0 +1,104 @@
+"""Where training data comes from: an SSL4MIS directory, a sparsely labeled volume, or an image folder.
+
+Each source becomes a :class:`SliceSet` for training and, when it has one, a validation SliceSet of
+fully labeled volumes (for model selection during the run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import DataError
+from .io import read_image_folder, read_label, read_ssl4mis_volumes, read_volume
+from .sample import make_cardiac_phantom, sample_labeled_slices
+from .slices import SliceSet, normalise_slice
+from .volume import Volume
+
+ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
+
+
+def slices_from_volumes(volumes: Sequence[Volume], num_classes: int, class_names: Sequence[str],
+                        as_hidden: bool = False) -> SliceSet:
+    """Every slice (axis 0) of fully labeled volumes; ``as_hidden`` keeps the labels out of training."""
+    images, labels, hidden, ids, groups, positions = [], [], [], [], [], []
+    for vol in volumes:
+        image = vol.image if vol.image.ndim == 3 else vol.image[None]
+        label = None if vol.labels is None else (vol.labels if vol.labels.ndim == 3 else vol.labels[None])
+        for z in range(image.shape[0]):
+            images.append(normalise_slice(image[z]))
+            lab = None if label is None else label[z].astype(np.uint8)
+            labels.append(None if as_hidden else lab)
+            hidden.append(lab if as_hidden else None)
+            ids.append(f"{vol.name}_slice_{z}")
+            groups.append(vol.name)
+            positions.append(z)
+    return SliceSet(images=images, labels=labels, hidden=hidden, ids=ids, groups=groups, positions=positions,
+                    num_classes=num_classes, class_names=list(class_names))
+
+
+def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.list",
+            limit: int | None = None) -> tuple[SliceSet, SliceSet | None]:
+    """ACDC-style data: the first ``labeled`` training slices labeled, the rest unlabeled (hidden labels)."""
+    root = Path(root)
+    if not (root / "train_slices.list").is_file():
+        raise DataError(f"{root} has no train_slices.list. Point to an SSL4MIS-layout folder such as .../ACDC.")
+    train = SliceSet.from_ssl4mis(root, labeled_count=labeled, limit=limit)
+    val = None
+    if val_list and (root / val_list).is_file():
+        vols = read_ssl4mis_volumes(root, val_list)
+        val = slices_from_volumes(vols, train.num_classes, train.class_names)
+    return train, val
+
+
+def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int = 0,
+                       class_names: Sequence[str] | None = None) -> tuple[SliceSet, Volume]:
+    """A user's volume with a few painted slices: painted slices are labeled, the others unlabeled."""
+    vol = read_volume(image)
+    if labels is not None:
+        vol.labels = read_label(labels, like=vol)
+    if vol.labels is None:
+        raise DataError(f"{image} has no labels. Give --labels with a mask file in which a few slices are painted.")
+    num_classes = len(class_names) if class_names else max(int(vol.labels.max()) + 1, 2)
+    names = list(class_names) if class_names else ["background"] + [f"class {c}" for c in range(1, num_classes)]
+    vol.validate(num_classes)
+    return SliceSet.from_volume(vol, axis=axis, num_classes=num_classes, class_names=names), vol
+
+
+def image_folder(folder: str | Path, labeled: int = 30, seed: int = 0) -> tuple[SliceSet, list[Volume]]:
+    """2D images with masks (the BUSI layout): ``labeled`` images keep their masks, the rest hide them."""
+    vols = [v for v in read_image_folder(folder) if v.labels is not None]
+    if not vols:
+        raise DataError(f"No image with a *_mask*.png mask was found in {folder}.")
+    order = np.random.default_rng(seed).permutation(len(vols))
+    keep = set(order[:labeled].tolist())
+    lab = [v for i, v in enumerate(vols) if i in keep]
+    unl = [v for i, v in enumerate(vols) if i not in keep]
+    names = ["background", "lesion"]
+    a = slices_from_volumes(lab, 2, names)
+    b = slices_from_volumes(unl, 2, names, as_hidden=True)
+    return concat(a, b), vols
+
+
+def concat(a: SliceSet, b: SliceSet) -> SliceSet:
+    return SliceSet(images=a.images + b.images, labels=a.labels + b.labels, hidden=a.hidden + b.hidden,
+                    ids=a.ids + b.ids, groups=a.groups + b.groups, positions=a.positions + b.positions,
+                    num_classes=a.num_classes, class_names=list(a.class_names))
+
+
+def phantom(seed: int = 0, shape: tuple[int, int, int] = (12, 160, 160)) -> tuple[SliceSet, Volume, list[int]]:
+    """The bundled synthetic cardiac volume with three 'hand-labeled' slices; the rest keep hidden labels."""
+    vol = make_cardiac_phantom(shape=shape, seed=seed)
+    picked = list(sample_labeled_slices(vol))
+    names = vol.metadata.get("class_names", ACDC_CLASSES)
+    images, labels, hidden = [], [], []
+    for z in range(vol.image.shape[0]):
+        images.append(normalise_slice(vol.image[z]))
+        labels.append(vol.labels[z].astype(np.uint8) if z in picked else None)
+        hidden.append(None if z in picked else vol.labels[z].astype(np.uint8))
+    data = SliceSet(images=images, labels=labels, hidden=hidden, ids=[f"{vol.name}_{z}" for z in range(len(images))],
+                    groups=[vol.name] * len(images), positions=list(range(len(images))),
+                    num_classes=len(names), class_names=list(names))
+    return data, vol, picked

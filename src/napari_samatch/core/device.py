@@ -1,0 +1,55 @@
+"""Device choice and mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import ConfigError
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run on, best first (for the plugin's drop-down)."""
+    found = []
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found.append("mps")
+    found.append("cpu")
+    return found
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """cuda > mps > cpu for 'auto'; a named device that is missing is a clear error."""
+    if name == "auto":
+        return torch.device(available_devices()[0])
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise ConfigError(f"Unknown device '{name}'. Choose auto, cpu, cuda or mps.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but this machine has no usable GPU. Choose device 'cpu' or 'auto'.")
+    if name == "mps" and "mps" not in available_devices():
+        raise ConfigError("Apple MPS was asked for but is not available here. Choose device 'cpu' or 'auto'.")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA (no loss scaling needed); plain float32 elsewhere.
+
+    On CPU, bf16 autocast is slower than float32 for these small convolutions, so it stays off.
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def device_summary() -> str:
+    """One line for logs and reports: what will compute."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {torch.get_num_threads()} threads"

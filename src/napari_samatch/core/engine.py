@@ -1,0 +1,383 @@
+"""The SAM-Match engine: stages, events, pause/resume/stop, checkpoints.
+
+A run is a list of stages over one :class:`SliceSet`:
+
+1. ``warmup``  the Match model alone (supervised, or UniMatch on labeled + unlabeled slices);
+2. ``sam``     SAM fine-tuning on labeled slices with ground-truth boxes;
+3. ``joint``   the chosen method: supervised, UniMatch, or SAM-Match (both models train together).
+
+Each stage is optional (0 iterations). The engine owns the models, the optimisers and the embedding
+cache; it never draws anything. Between steps it checks the pause/stop flags, so a stop is honoured
+within one step and always leaves a checkpoint. ``run`` may be called again after the user labeled
+more slices: that is a new *round*, continuing from the current models.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import events as ev
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, from_dict
+from .device import autocast, select_device, set_threads
+from .errors import CheckpointError, DataError
+from .inference import predict_probs
+from .models.unet import UNet
+from .refiner import Refiner
+from .schedule import PolySchedule
+from .slices import SliceSet
+from .steps import samatch_pseudo, supervised_step, unimatch_step
+from .validation import Validator
+
+log = logging.getLogger(__name__)
+STAGES = ("warmup", "sam", "joint")
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when the user pressed Stop; caught by ``run``."""
+
+
+class Engine:
+    """Trains the Match model and SAM together on a set of slices, some of them labeled."""
+
+    def __init__(self, data: SliceSet, config: RunConfig, val: SliceSet | None = None, sam=None) -> None:
+        config.validate()
+        if data.num_classes != config.num_classes:
+            config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
+        self.config = config
+        self.data = data
+        set_threads(config.threads)
+        self.device = select_device(config.device)
+        torch.manual_seed(config.seed)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.unet = UNet(1, config.num_classes).to(self.device)
+        self._sam = sam
+        self._refiner: Refiner | None = None
+        self.opt_unet = torch.optim.SGD(self.unet.parameters(), lr=config.lr, momentum=config.momentum,
+                                        weight_decay=config.weight_decay)
+        self.opt_sam: torch.optim.Optimizer | None = None
+        self.stage_index = 0
+        self.stage_iter = 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"score": -1.0, "iteration": 0}
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._pause = threading.Event()
+        self._stop = threading.Event()
+        self.lock = threading.RLock()  # guards the models against the GUI's refine calls
+        self._preview_request: list[int] | None = None
+        self._load_tensors()
+        self.validator = Validator(self, val) if val is not None else None
+
+    # ----------------------------------------------------------------- data
+    def _load_tensors(self) -> None:
+        images, labels, labeled = self.data.to_tensors(self.config.size)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.labeled_idx = torch.nonzero(labeled).flatten()
+        self.unlabeled_idx = torch.nonzero(~labeled).flatten()
+        if len(self.labeled_idx) == 0:
+            raise DataError("No slice is labeled. Paint at least one slice (any non-zero label) before training.")
+
+    def set_data(self, data: SliceSet) -> None:
+        """Start a new round on a grown labeled set, keeping models and the embedding cache."""
+        if data.num_classes != self.config.num_classes:
+            raise DataError(f"The new data has {data.num_classes} classes, the models {self.config.num_classes}. "
+                            "Keep the class list when adding labeled slices.")
+        if len(data) != len(self.data):
+            # slice keys index the cache; a different slice list makes them meaningless
+            if self._refiner is not None:
+                self._refiner.cache.invalidate()
+        self.data = data
+        self._load_tensors()
+        self.stage_index, self.stage_iter = 0, 0
+
+    # ----------------------------------------------------------------- models
+    @property
+    def sam(self):
+        if self._sam is None:
+            from .sam import load_sam
+            c = self.config
+            self._sam = load_sam(c.sam_backend, c.sam_checkpoint, device=str(self.device), model_type=c.sam_model_type)
+        return self._sam
+
+    @property
+    def refiner(self) -> Refiner:
+        if self._refiner is None:
+            self.sam.to(self.device)
+            self.sam.freeze_for(self.config.sam_mode)
+            self._refiner = Refiner(self.sam, self.config, self.device)
+        return self._refiner
+
+    def _sam_optimizer(self) -> torch.optim.Optimizer:
+        if self.opt_sam is None:
+            params = [p for p in self.sam.trainable_parameters(self.config.sam_mode) if p.requires_grad]
+            self.opt_sam = torch.optim.AdamW(params, lr=self.config.sam_lr, weight_decay=1e-4)
+        return self.opt_sam
+
+    def _uses_sam(self) -> bool:
+        return self.config.sam_iters > 0 or (self.config.method == "samatch" and self.config.joint_iters > 0)
+
+    # ----------------------------------------------------------------- control
+    def pause(self) -> None:
+        self._pause.set()
+
+    def resume(self) -> None:
+        self._pause.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._pause.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._pause.is_set()
+
+    def request_preview(self, indices: Sequence[int]) -> None:
+        """Ask for prompts and pseudo-labels of these slices; they arrive as a PSEUDO_LABELS event."""
+        self._preview_request = list(indices)
+
+    def _checkpoint_point(self, emit, stage: str) -> None:
+        """Between steps: honour stop, pause and preview requests."""
+        if self._preview_request is not None and stage == "joint":
+            indices, self._preview_request = self._preview_request, None
+            emit(ev.PSEUDO_LABELS, data=self.preview(indices))
+        if self._stop.is_set():
+            raise StopRequested
+        if self._pause.is_set():
+            emit(ev.PAUSED, message="Paused")
+            while self._pause.is_set() and not self._stop.is_set():
+                time.sleep(0.05)
+            if self._stop.is_set():
+                raise StopRequested
+            emit(ev.RESUMED, message="Resumed")
+
+    # ----------------------------------------------------------------- the loop
+    def stages(self) -> list[tuple[str, int]]:
+        c = self.config
+        return [("warmup", c.warmup_iters), ("sam", c.sam_iters), ("joint", c.joint_iters)]
+
+    def run(self, on_event: ev.EventCallback | None = None, checkpoint_dir: str | Path | None = None) -> dict:
+        """Run (or continue) all stages; returns a summary. Events go to ``on_event``."""
+        ckpt_dir = Path(checkpoint_dir or self.config.checkpoint_dir) if (checkpoint_dir or self.config.checkpoint_dir) else None
+        stages = self.stages()
+        total = sum(n for _, n in stages)
+        done_before = sum(n for _, n in stages[: self.stage_index]) + self.stage_iter
+        step_times: list[float] = []
+        self._stop.clear()
+        state = {"stage": "", "iter": 0, "n": 0, "global": done_before}
+
+        def emit(kind: str, message: str = "", data: dict | None = None) -> None:
+            if on_event is None:
+                return
+            recent = step_times[-20:]
+            eta = (total - state["global"]) * (sum(recent) / len(recent)) if recent else None
+            on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], total, eta,
+                              message, data or {}))
+
+        try:
+            while self.stage_index < len(stages):
+                name, n = stages[self.stage_index]
+                state.update(stage=name, n=n, iter=self.stage_iter)
+                if n > 0 and self.stage_iter < n:
+                    emit(ev.STAGE, f"Stage {name}: {n} iterations", {"stage": name, "iters": n})
+                    self._run_stage(name, n, emit, state, step_times, ckpt_dir)
+                self.stage_index += 1
+                self.stage_iter = 0
+            summary = self.summary(time_s=sum(step_times))
+            if ckpt_dir:
+                path = self.save(ckpt_dir / "last.pt")
+                emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+            emit(ev.DONE, "Training finished", summary)
+            return summary
+        except StopRequested:
+            path = self.save(ckpt_dir / "last.pt") if ckpt_dir else None
+            emit(ev.STOPPED, "Stopped" + (f"; checkpoint {path}" if path else ""), {"path": str(path) if path else None})
+            return self.summary(time_s=sum(step_times), stopped=True)
+
+    def _run_stage(self, name: str, n: int, emit, state: dict, step_times: list[float], ckpt_dir: Path | None) -> None:
+        c = self.config
+        sched_unet = PolySchedule(self.opt_unet, total=n, power=c.poly_power) if name != "sam" else None
+        if name == "sam" or (name == "joint" and c.method == "samatch"):
+            opt_sam = self._sam_optimizer()
+            sched_sam = PolySchedule(opt_sam, total=n, power=c.poly_power)
+        else:
+            sched_sam = None
+        while self.stage_iter < n:
+            self._checkpoint_point(emit, name)
+            t0 = time.perf_counter()
+            with self.lock:
+                if sched_unet:
+                    sched_unet.step(self.stage_iter)
+                if sched_sam:
+                    sched_sam.step(self.stage_iter)
+                logs = self.step(name)
+            step_times.append(time.perf_counter() - t0)
+            self.stage_iter += 1
+            state["iter"] = self.stage_iter
+            state["global"] += 1
+            logs["lr"] = self.opt_unet.param_groups[0]["lr"]
+            emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
+            it = self.stage_iter
+            if self.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
+                metrics = self.validator.evaluate(with_pseudo=(name == "joint" and c.method == "samatch"))
+                metrics.update(stage=name, iteration=it, global_iteration=state["global"])
+                self.history.append(metrics)
+                self._track_best(metrics)
+                emit(ev.METRICS, data=metrics)
+            if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
+                path = self.save(ckpt_dir / "last.pt")
+                emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+
+    def _sample(self, pool: torch.Tensor, k: int) -> torch.Tensor:
+        pick = torch.randint(len(pool), (k,), generator=self.gen)
+        return pool[pick.to(pool.device)]
+
+    def step(self, stage: str) -> dict[str, float]:
+        """One optimisation step of the given stage; returns the losses as floats."""
+        c = self.config
+        amp = autocast(self.device, c.amp)
+        ix = self._sample(self.labeled_idx, c.batch_labeled)
+        x, y = self.images[ix], self.labels[ix]
+        method = c.warmup_method if stage == "warmup" else c.method
+        if stage == "sam":
+            self.sam.train()
+            loss = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
+            self.opt_sam.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_sam.step()
+            return {"loss": loss.item(), "loss_sam_x": loss.item()}
+
+        self.unet.train()
+        if method == "supervised" or len(self.unlabeled_idx) == 0:
+            loss, logs = supervised_step(self.unet, x, y, self.gen, amp)
+            self.opt_unet.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_unet.step()
+            return logs
+
+        iu = self._sample(self.unlabeled_idx, c.batch_unlabeled)
+        u = self.images[iu]
+        if method == "unimatch":
+            loss, logs = unimatch_step(self.unet, x, y, u, self.gen, c.conf_thresh, amp=amp)
+            self.opt_unet.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_unet.step()
+            return logs
+
+        # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
+        self.sam.train()
+        pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=True, sam_weight=c.sam_unlabeled_weight)
+        loss, logs = unimatch_step(self.unet, x, y, u, self.gen, c.conf_thresh, pseudo_fn=pseudo, amp=amp)
+        loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
+        self.opt_unet.zero_grad(set_to_none=True)
+        self.opt_sam.zero_grad(set_to_none=True)
+        (loss + loss_sam_x).backward()
+        self.opt_unet.step()
+        self.opt_sam.step()
+        logs["loss_sam_x"] = loss_sam_x.item()
+        return logs
+
+    # ----------------------------------------------------------------- results
+    def _track_best(self, metrics: dict) -> None:
+        score = metrics.get("val_mean_dice")
+        if score is not None and score > self.best["score"]:
+            self.best = {"score": float(score), "iteration": metrics["global_iteration"], "stage": metrics["stage"]}
+            self._best_state = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
+
+    def use_best(self) -> None:
+        """Load the validation-best Match weights (model selection on validation only)."""
+        if self._best_state is not None:
+            self.unet.load_state_dict(self._best_state)
+
+    def summary(self, time_s: float = 0.0, stopped: bool = False) -> dict:
+        return {"stopped": stopped, "train_time_s": time_s, "stage_index": self.stage_index,
+                "stage_iter": self.stage_iter, "best": dict(self.best),
+                "last_metrics": self.history[-1] if self.history else {}}
+
+    @torch.no_grad()
+    def predict(self, indices: Sequence[int] | None = None, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax probabilities (N,C,S,S) of the Match model for slices (by index) or given images."""
+        with self.lock:
+            if images is None:
+                images = self.images if indices is None else self.images[list(indices)]
+            return predict_probs(self.unet, images.to(self.device), amp=autocast(self.device, self.config.amp))
+
+    def preview(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Prompts, raw Match labels, SAM-refined labels and confidence for some slices (numpy)."""
+        indices = list(indices)
+        probs = self.predict(indices)
+        out: dict[str, Any] = {"indices": indices, "raw": probs.argmax(1).cpu().numpy().astype(np.uint8)}
+        if self._uses_sam():
+            with self.lock, torch.no_grad():
+                self.sam.eval()
+                refined = self.refiner.refine(probs, indices, self.images[indices])
+            out.update(prompts=refined.prompts.to_numpy_dict(),
+                       refined=refined.labels.cpu().numpy().astype(np.uint8),
+                       confidence=refined.confidence.cpu().numpy().astype(np.float32))
+        return out
+
+    def refine_with_prompts(self, index: int, prompts) -> dict[str, np.ndarray]:
+        """Re-run SAM on one slice with user-edited prompts (the GUI's box edits); cached embedding."""
+        with self.lock, torch.no_grad():
+            self.sam.eval()
+            probs = self.predict([index])
+            refined = self.refiner.refine(probs, [index], self.images[[index]], prompts=prompts)
+        return {"refined": refined.labels[0].cpu().numpy().astype(np.uint8),
+                "confidence": refined.confidence[0].cpu().numpy().astype(np.float32)}
+
+    # ----------------------------------------------------------------- persistence
+    def state_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "config": self.config.to_dict(), "unet": self.unet.state_dict(), "opt_unet": self.opt_unet.state_dict(),
+            "stage_index": self.stage_index, "stage_iter": self.stage_iter, "history": self.history,
+            "best": self.best, "gen_state": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+        }
+        if self._best_state is not None:
+            payload["unet_best"] = self._best_state
+        if self._sam is not None:
+            payload["sam"] = self._sam.state_dict()
+            payload["sam_fingerprint"] = self._sam.fingerprint()
+            if self.opt_sam is not None:
+                payload["opt_sam"] = self.opt_sam.state_dict()
+        return payload
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with self.lock:
+            save_checkpoint(path, self.state_payload())
+        return path
+
+    def load_state(self, payload: dict[str, Any]) -> None:
+        try:
+            self.unet.load_state_dict(payload["unet"])
+            self.opt_unet.load_state_dict(payload["opt_unet"])
+            if "sam" in payload:
+                self.sam.load_state_dict(payload["sam"])
+                if "opt_sam" in payload:
+                    self._sam_optimizer().load_state_dict(payload["opt_sam"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"The checkpoint does not fit these models ({str(exc)[:200]}). "
+                                  "Was it made with other classes or another SAM backend?") from exc
+        self.stage_index, self.stage_iter = int(payload["stage_index"]), int(payload["stage_iter"])
+        self.history = list(payload.get("history", []))
+        self.best = dict(payload.get("best", self.best))
+        self._best_state = payload.get("unet_best")
+        self.gen.set_state(payload["gen_state"])
+        torch.set_rng_state(payload["torch_rng"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, data: SliceSet, val: SliceSet | None = None,
+                        **overrides: Any) -> "Engine":
+        """Resume a run: the same config (plus overrides such as device), models, optimisers and position."""
+        payload = load_checkpoint(path)
+        config = from_dict({**payload["config"], **overrides})
+        engine = cls(data, config, val=val)
+        engine.load_state(payload)
+        return engine

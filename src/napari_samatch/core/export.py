@@ -1,0 +1,44 @@
+"""A trained model as one file: the Match model (validation-best weights), SAM, and the settings.
+
+``napari-samatch evaluate`` and ``predict`` need only this file, so results can be checked
+independently on data the project never saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, from_dict
+from .errors import CheckpointError
+from .models.unet import UNet
+
+
+def export_model(engine, path: str | Path, best: bool = True) -> Path:
+    """Write the engine's Match model (best-on-validation when known) and SAM weights to ``path``."""
+    unet_state = engine._best_state if (best and engine._best_state is not None) else engine.unet.state_dict()
+    payload: dict[str, Any] = {"kind": "model", "config": engine.config.to_dict(), "unet": unet_state,
+                               "best": engine.best, "history": engine.history}
+    if engine._sam is not None:
+        payload["sam"] = engine._sam.state_dict()
+        payload["sam_fingerprint"] = engine._sam.fingerprint()
+    save_checkpoint(path, payload)
+    return Path(path)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, RunConfig]:
+    """The Match model and its settings from an exported model or a training checkpoint."""
+    payload = load_checkpoint(path)
+    config = from_dict(payload["config"])
+    unet = UNet(1, config.num_classes)
+    state = payload.get("unet_best") or payload.get("unet")
+    if state is None:
+        raise CheckpointError(f"{path} holds no Match model. Export one with 'napari-samatch train --out'.")
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"The Match model in {path} does not fit ({str(exc)[:200]}).") from exc
+    return unet.to(device).eval(), config

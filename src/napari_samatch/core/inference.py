@@ -1,0 +1,61 @@
+"""Prediction with the Match model: slices in the training frame, volumes at their own resolution."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models.unet import UNet
+from .slices import normalise_slice
+
+
+@torch.no_grad()
+def predict_probs(unet: UNet, images: torch.Tensor, batch_size: int = 16, amp=None) -> torch.Tensor:
+    """Softmax probabilities (N,C,S,S) for canonical slices (N,1,S,S), in batches, eval mode."""
+    was_training = unet.training
+    unet.eval()
+    amp = amp or contextlib.nullcontext()
+    out = []
+    try:
+        for start in range(0, len(images), batch_size):
+            with amp:
+                logits = unet(images[start:start + batch_size])
+            out.append(F.softmax(logits.float(), dim=1))
+    finally:
+        unet.train(was_training)
+    if not out:
+        return images.new_zeros((0, unet.num_classes, *images.shape[-2:]))
+    return torch.cat(out)
+
+
+def to_frame(slices: np.ndarray, size: int) -> torch.Tensor:
+    """(N,H,W) numpy slices -> (N,1,S,S) normalised tensor in the training frame."""
+    t = torch.from_numpy(np.stack([normalise_slice(s) for s in slices]))[:, None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def predict_volume(unet: UNet, volume: np.ndarray, size: int, device: torch.device | str = "cpu",
+                   axis: int = 0, batch_size: int = 16, amp=None) -> np.ndarray:
+    """Label a 2D or 3D array slice by slice along ``axis``; returns labels of the input's shape.
+
+    Probabilities are resized back to each slice's size before the argmax (smoother than resizing labels).
+    """
+    arr = np.asarray(volume)
+    squeeze = arr.ndim == 2
+    if squeeze:
+        arr = arr[None]
+        axis = 0
+    moved = np.moveaxis(arr, axis, 0)
+    h, w = moved.shape[1:]
+    out = np.zeros(moved.shape, dtype=np.uint8)
+    for start in range(0, len(moved), batch_size):
+        chunk = to_frame(moved[start:start + batch_size], size).to(device)
+        probs = predict_probs(unet, chunk, batch_size=batch_size, amp=amp)
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        out[start:start + len(chunk)] = probs.argmax(1).cpu().numpy().astype(np.uint8)
+    out = np.moveaxis(out, 0, axis)
+    return out[0] if squeeze else out

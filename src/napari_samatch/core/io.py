@@ -1,0 +1,362 @@
+"""Reading images and masks, writing masks.
+
+Formats: TIFF (2D/3D), NIfTI (``.nii``/``.nii.gz``), SSL4MIS HDF5 (``.h5`` with ``image`` and an
+optional ``label``), PNG/JPEG/BMP (single 2D images) and folders of 2D images with ``*_mask*.png``
+masks (BUSI layout).
+
+NIfTI axis convention: NIfTI stores voxels as ``(i, j, k) = (X, Y, Z)``; here arrays are
+``(Z, Y, X)`` (slice axis first), so the data is transposed on reading (array axis ``a`` is NIfTI
+axis ``ndim - 1 - a``) and ``Volume.affine`` is the NIfTI affine with its first ``ndim`` columns
+reordered the same way: ``affine @ [z, y, x, 1]`` is the world position of array voxel
+``[z, y, x]``. ``spacing`` is the header zooms in array order. Writing reverses both steps, so
+``write_mask(path, labels, like=vol)`` produces a file whose voxel-to-world mapping equals the source's.
+
+Every user-causable failure raises ``DataError`` (reading) or ``StorageError`` (writing).
+Writes are atomic: a temporary file in the target folder is renamed over the target.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import DataError
+from .volume import Volume, coerce_labels, mask_from_colour, to_single_channel
+
+SUPPORTED = "NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), SSL4MIS HDF5 (.h5), PNG/JPEG/BMP (.png, .jpg, .jpeg, .bmp)"
+IMAGE_2D_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+_KINDS = {".nii": "nifti", ".nii.gz": "nifti", ".tif": "tiff", ".tiff": "tiff", ".h5": "h5", ".hdf5": "h5"}
+_KINDS.update({e: "image2d" for e in IMAGE_2D_EXTS})
+_KIND_NAMES = {"nifti": "NIfTI", "tiff": "TIFF", "h5": "SSL4MIS HDF5", "image2d": "an image"}
+_MASK_RE = re.compile(r"^(?P<base>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """``'nifti' | 'tiff' | 'h5' | 'image2d'`` from the file name, or ``None`` if unsupported."""
+    name = Path(path).name.lower()
+    ext = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    return _KINDS.get(ext)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders ``'benign (2)'`` before ``'benign (10)'``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text.lower())]
+
+
+# ----------------------------------------------------------------------------------------- reading
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn any library failure while reading ``path`` into a DataError that names the file."""
+    try:
+        yield
+    except DataError:
+        raise
+    except MemoryError as exc:
+        raise DataError(f"'{path}' is too large to load into memory ({exc}).") from exc
+    except Exception as exc:  # noqa: BLE001 - third-party readers raise anything on corrupt input
+        raise DataError(
+            f"Could not read '{path}' as {what}: it looks truncated or corrupt ({type(exc).__name__}: {exc}). "
+            f"Supported formats: {SUPPORTED}."
+        ) from exc
+
+
+def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
+    path = Path(path)
+    kind = file_kind(path)
+    if kind is None:
+        raise DataError(f"'{path.name}' has an unsupported file type. Supported formats: {SUPPORTED}.")
+    if not path.exists():
+        raise DataError(f"'{path}' does not exist; check the path.")
+    if not path.is_file():
+        raise DataError(f"'{path}' is not a file.")
+    if path.stat().st_size == 0:
+        raise DataError(f"'{path}' is empty (0 bytes): it holds no image. Supported formats: {SUPPORTED}.")
+    return path, kind
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read an image file into a validated ``Volume`` (labels only from SSL4MIS ``.h5`` files)."""
+    path, kind = _check_file(path)
+    with _reading(path, _KIND_NAMES[kind]):
+        image, labels, spacing, affine, meta = _READERS[kind](path, False)
+    vol = Volume(image, labels, spacing, affine, name=_stem(path), source=str(path), metadata=meta)
+    return vol.validate()
+
+
+def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarray:
+    """Read a mask file (NIfTI, TIFF, ``.h5`` 'label', PNG, or a folder of per-slice PNGs).
+
+    Returns an unsigned integer array in array order (NIfTI is transposed like ``read_volume``).
+    With ``like``, the shape must equal ``like``'s image shape.
+    """
+    p = Path(path)
+    if p.is_dir():
+        files = sorted((f for f in p.iterdir() if f.suffix.lower() == ".png" and not f.name.startswith(".")),
+                       key=lambda f: natural_key(f.name))
+        if not files:
+            raise DataError(f"Folder '{p}' holds no .png mask slices.")
+        slices = [read_label(f) for f in files]
+        if len({s.shape for s in slices}) != 1:
+            raise DataError(f"The mask slices in '{p}' have different sizes; they cannot form one volume.")
+        labels = np.stack(slices)
+        if like is not None and like.ndim == 2 and labels.shape[0] == 1:
+            labels = labels[0]
+    else:
+        p, kind = _check_file(p)
+        with _reading(p, f"a mask ({_KIND_NAMES[kind]})"):
+            arr, h5_labels, *_ = _READERS[kind](p, True)
+        if kind == "h5":
+            if h5_labels is None:
+                raise DataError(f"'{p}' has no 'label' dataset; it holds no mask.")
+            arr = h5_labels
+        labels = coerce_labels(arr, f"mask in '{p.name}'")
+    if like is not None and labels.shape != like.shape:
+        raise DataError(
+            f"The mask '{p.name}' has shape {labels.shape} but the image '{like.name}' has shape {like.shape}; "
+            "pick the mask that belongs to this image."
+        )
+    return labels
+
+
+def _read_nifti(path: Path, as_labels: bool):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = img.shape
+    while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is still a volume
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise DataError(
+            f"'{path.name}' is {len(shape)}D {tuple(shape)} (e.g. a cine or multi-channel series); "
+            "save one 3D frame per file (e.g. the ED/ES frames) and open that."
+        )
+    # A corrupt header can claim gigabytes: refuse sizes the file cannot hold (zlib expands <= ~1030x).
+    need = int(np.prod(shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+    have = path.stat().st_size * (1100 if path.name.lower().endswith(".gz") else 1)
+    if need > have:
+        raise DataError(f"'{path.name}' is truncated or corrupt: its header describes {need} bytes of voxels "
+                        f"but the file holds far fewer. Supported formats: {SUPPORTED}.")
+    data = np.asanyarray(img.dataobj).reshape(shape)
+    if not as_labels:
+        data = data.astype(np.float32, copy=False)
+    n = data.ndim
+    arr = np.ascontiguousarray(data.transpose(tuple(range(n))[::-1]))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:n])
+    meta = {"nifti_codes": (int(img.header["qform_code"]), int(img.header["sform_code"]))}
+    return arr, None, zooms[::-1], nifti_to_array_affine(img.affine, n), meta
+
+
+def nifti_to_array_affine(affine: np.ndarray, ndim: int = 3) -> np.ndarray:
+    """NIfTI ``(i, j, k)`` affine <-> affine of the transposed ``(k, j, i)`` array (self-inverse).
+
+    Array axis ``a`` is NIfTI axis ``ndim - 1 - a``, so the first ``ndim`` columns are reversed.
+    """
+    perm = list(range(ndim))[::-1] + list(range(ndim, 4))
+    return np.asarray(affine, dtype=np.float64)[:, perm]
+
+
+array_to_nifti_affine = nifti_to_array_affine  # the column swap is its own inverse
+
+
+def _read_tiff(path: Path, as_labels: bool):
+    import tifffile
+
+    with tifffile.TiffFile(str(path)) as tif:
+        series = tif.series[0]
+        axes = series.axes
+        data = series.asarray()
+        spacing = _tiff_spacing(tif, data.ndim - (1 if axes.endswith("S") else 0))
+    if axes.endswith("S") and data.shape[-1] in (3, 4):
+        data = to_single_channel(data, rgb=True) if not as_labels else mask_from_colour(data, path.name)
+    elif not as_labels:
+        data = data.astype(np.float32, copy=False)
+    if data.ndim > 3:
+        raise DataError(
+            f"'{path.name}' has {data.ndim} dimensions (axes {axes}, shape {data.shape}); "
+            "save a single channel / time point as a 2D or 3D TIFF."
+        )
+    return data, None, spacing, None, {}
+
+
+def _tiff_spacing(tif, ndim: int) -> tuple[float, ...] | None:
+    """Pixel size from ImageJ metadata / resolution tags; ``None`` when the file does not say."""
+    if not tif.is_imagej or ndim not in (2, 3):
+        return None
+    page = tif.pages[0]
+    try:
+        xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+        sx, sy = xr[1] / xr[0], yr[1] / yr[0]
+    except (KeyError, ZeroDivisionError, TypeError, IndexError):
+        return None
+    sz = float((tif.imagej_metadata or {}).get("spacing", 1.0))
+    return (sy, sx) if ndim == 2 else (sz, sy, sx)
+
+
+def _read_h5(path: Path, as_labels: bool):
+    import h5py
+
+    with h5py.File(str(path), "r") as f:
+        if "image" not in f:
+            raise DataError(f"'{path.name}' has no 'image' dataset (found: {sorted(f.keys())}); "
+                            "expected the SSL4MIS layout ('image' and optional 'label').")
+        image = f["image"][()] if not as_labels else None
+        labels = coerce_labels(f["label"][()], f"'label' in {path.name}") if "label" in f else None
+        spacing = tuple(float(s) for s in f.attrs["spacing"]) if "spacing" in f.attrs else None
+    if image is not None:
+        image = to_single_channel(image, rgb=False)
+    return image, labels, spacing, None, {}
+
+
+def _read_image2d(path: Path, as_labels: bool, any_colour: bool = False):
+    from PIL import Image
+
+    with Image.open(str(path)) as im:
+        mode = im.mode
+        if as_labels:
+            data = np.asarray(im)  # 'P' keeps palette indices, '1' gives booleans
+            if data.ndim == 3 and not any_colour:
+                data = mask_from_colour(data, path.name)
+        elif mode in ("RGB", "RGBA"):
+            data = to_single_channel(np.asarray(im), rgb=True)
+        elif mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+            data = np.asarray(im).astype(np.float32)
+        else:  # palette, LA, CMYK, YCbCr, ...: let PIL resolve to RGB first
+            data = to_single_channel(np.asarray(im.convert("RGB")), rgb=True)
+    return data, None, None, None, {}
+
+
+_READERS = {"nifti": _read_nifti, "tiff": _read_tiff, "h5": _read_h5, "image2d": _read_image2d}
+
+
+def _read_binary_mask(path: Path) -> np.ndarray:
+    """BUSI-style mask: a value > 0 in any colour channel (alpha ignored) is foreground."""
+    path, kind = _check_file(path)
+    with _reading(path, "a mask image"):
+        if kind == "image2d":
+            raw = _read_image2d(path, True, any_colour=True)[0]
+        else:
+            raw = _READERS[kind](path, True)[0]
+    raw = np.asarray(raw)
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4):
+        raw = raw[..., :3].max(axis=-1)
+    return raw > 0
+
+
+def read_image_folder(folder: str | os.PathLike) -> list[Volume]:
+    """Read a folder (and its sub-folders) of 2D images with ``<name>_mask*.png`` masks (BUSI layout).
+
+    Several masks of one image (``x_mask.png``, ``x_mask_1.png``) are unioned into label 1 (any value
+    > 0 is foreground). Images without any mask get ``labels=None``. The sub-folder relative to
+    ``folder`` is stored in ``metadata['category']`` ('' at the top level). Order: natural sort of
+    (sub-folder, name).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"'{root}' is not a folder; choose the folder that holds the images.")
+    images: dict[tuple[str, str], Path] = {}
+    masks: dict[tuple[str, str], list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        category = Path(dirpath).relative_to(root).as_posix()
+        category = "" if category == "." else category
+        for fname in filenames:
+            p = Path(dirpath) / fname
+            if fname.startswith(".") or p.suffix.lower() not in IMAGE_2D_EXTS + (".tif", ".tiff"):
+                continue
+            m = _MASK_RE.match(p.stem)
+            if m:
+                masks.setdefault((category, m["base"]), []).append(p)
+            else:
+                images[(category, p.stem)] = p
+    if not images:
+        raise DataError(f"Found no images (.png, .jpg, .bmp, .tif) in '{root}' or its sub-folders.")
+    orphans = sorted(set(masks) - set(images))
+    if orphans:
+        warnings.warn(f"{len(orphans)} mask(s) in '{root}' have no matching image, e.g. {orphans[0][1]}_mask.",
+                      stacklevel=2)
+    out = []
+    for key in sorted(images, key=lambda k: (natural_key(k[0]), natural_key(k[1]))):
+        vol = read_volume(images[key])
+        vol.metadata["category"] = key[0]
+        if key in masks:
+            union = np.zeros(vol.shape, dtype=bool)
+            for mp in sorted(masks[key], key=lambda q: natural_key(q.name)):
+                m = _read_binary_mask(mp)
+                if m.shape != vol.shape:
+                    raise DataError(f"Mask '{mp.name}' has shape {m.shape} but its image has shape {vol.shape}.")
+                union |= m
+            vol.labels = union.astype(np.uint8)
+            vol.metadata["mask_files"] = [str(q) for q in sorted(masks[key], key=lambda q: natural_key(q.name))]
+        out.append(vol)
+    return out
+
+
+def _read_list(root: Path, list_file: str) -> list[str]:
+    if not root.is_dir():
+        raise DataError(f"'{root}' is not a folder; point to the SSL4MIS dataset root (with data/ and *.list).")
+    lf = Path(list_file) if Path(list_file).is_absolute() else root / list_file
+    if not lf.is_file():
+        raise DataError(f"The list file '{lf}' does not exist; expected e.g. train_slices.list or val.list "
+                        f"in '{root}'.")
+    ids = [line.strip() for line in lf.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"The list file '{lf}' is empty.")
+    return ids
+
+
+def _h5_pair(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Fast path for many small SSL4MIS files: no validation pass, no extra copies."""
+    import h5py
+
+    if not path.is_file():
+        raise DataError(f"'{path}' listed in the SSL4MIS list file does not exist.")
+    with _reading(path, "SSL4MIS HDF5"), h5py.File(str(path), "r") as f:
+        image = f["image"][()].astype(np.float32, copy=False)
+        labels = f["label"][()] if "label" in f else None
+    if labels is not None and labels.dtype != np.uint8:
+        labels = coerce_labels(labels, f"'label' in {path.name}")
+    return image, labels
+
+
+def read_ssl4mis_slices(root: str | os.PathLike, list_file: str = "train_slices.list",
+                        limit: int | None = None) -> list[Volume]:
+    """2D slices listed in ``root/list_file`` (ids -> ``root/data/slices/<id>.h5``), in list order.
+
+    ``metadata`` holds ``group`` (volume id, e.g. ``patient001_frame01``) and ``position`` (slice number).
+    """
+    root = Path(root)
+    ids = _read_list(root, list_file)[:limit]
+    out = []
+    for sid in ids:
+        p = root / "data" / "slices" / f"{sid}.h5"
+        image, labels = _h5_pair(p)
+        group, _, pos = sid.rpartition("_slice_")
+        meta = {"group": group or sid, "position": int(pos) if pos.isdigit() else 0}
+        out.append(Volume(image, labels, None, None, name=sid, source=str(p), metadata=meta))
+    return out
+
+
+def read_ssl4mis_volumes(root: str | os.PathLike, list_file: str = "val.list") -> list[Volume]:
+    """3D volumes listed in ``root/list_file`` (ids -> ``root/data/<id>.h5``), in list order."""
+    root = Path(root)
+    out = []
+    for vid in _read_list(root, list_file):
+        p = root / "data" / f"{vid}.h5"
+        image, labels = _h5_pair(p)
+        out.append(Volume(image, labels, None, None, name=vid, source=str(p), metadata={"group": vid}))
+    return out
+
+
+# Writing lives in writers.py; re-exported so `io.write_mask` keeps working.
+from .writers import write_mask  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""The Match model (a UniMatch-style UNet)."""

@@ -1,0 +1,302 @@
+"""The interface every SAM backend implements, and the batched prompt decoder they share.
+
+A backend owns three modules named as in Segment Anything checkpoints (``image_encoder``,
+``prompt_encoder``, ``mask_decoder``), so ``state_dict()`` keys match the original files and a
+backend can be saved and loaded back with the same loader.
+
+Frames: the caller works in its *training frame*, a square of side S (usually 256). ``encode``
+resizes images into the backend's own input frame (256 for LiteMedSAM, 1024 for SAM ViT), and
+``decode`` scales prompts from the training frame into the input frame and returns logits
+upsampled back to the training frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import CheckpointError, ConfigError, DataError, StorageError
+
+MODES = ("decoder", "full")
+
+
+def check_mode(mode: str) -> str:
+    """Return ``mode`` if it is a known fine-tuning mode, else raise ConfigError."""
+    if mode not in MODES:
+        raise ConfigError(f"Unknown SAM fine-tuning mode {mode!r}. Use one of {', '.join(MODES)}.")
+    return mode
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """Turn 'auto' / 'cpu' / 'cuda[:i]' / 'mps' into a usable torch.device (ConfigError if not)."""
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("Device 'cuda' was requested but no CUDA GPU is available. Use 'cpu' or 'auto'.")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("Device 'mps' was requested but Apple MPS is not available. Use 'cpu' or 'auto'.")
+    return dev
+
+
+class SamBackend(nn.Module):
+    """A promptable segmenter: ``encode`` images once, ``decode`` many prompts against the embeddings.
+
+    Subclasses set ``name``, ``input_size`` and ``embed_shape`` and implement ``_normalise``.
+    """
+
+    name: str = "sam"
+    input_size: int = 1024
+    embed_shape: tuple[int, int, int] = (256, 64, 64)
+    #: how ``_normalise`` maps [0, 1] pixels (part of the encoder fingerprint)
+    normalization: str = "unit"
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.finetune_mode = "full"  # nothing frozen until freeze_for() says otherwise
+
+    # ------------------------------------------------------------------ encoder
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _normalise(self, x: Tensor) -> Tensor:
+        """Map (B, 3, input_size, input_size) pixels in [0, 1] to what the image encoder expects."""
+        raise NotImplementedError
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Encode (B, 1|3, S, S) images in [0, 1] (training frame) to (B, *embed_shape) embeddings."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3]:
+            raise DataError(
+                f"SAM encode needs square images shaped (B, 1 or 3, S, S); got {tuple(images.shape)}. "
+                "Resize or pad slices to a square training frame first."
+            )
+        x = images.to(device=self.device, dtype=torch.float32)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        size = x.shape[-1]
+        if size != self.input_size:
+            # antialias only matters when shrinking; it avoids aliasing of fine structures.
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=size > self.input_size)
+        return self.image_encoder(self._normalise(x))
+
+    # ------------------------------------------------------------------ decoder
+    def decode_lowres(
+        self,
+        embeddings: Tensor,
+        image_index: Tensor,
+        boxes: Tensor | None = None,
+        points: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        frame_size: int = 256,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode P prompts over B images in one pass; return low-res logits (P, 1, 4h, 4w) and IoU (P,).
+
+        Unlike the stock ``MaskDecoder.predict_masks`` (which repeats *all* images for every prompt),
+        each prompt here picks its own image embedding with ``embeddings[image_index]``.
+        """
+        n = int(image_index.shape[0])
+        if boxes is None and points is None:
+            raise DataError("SAM decode needs boxes, points or both; got neither.")
+        if boxes is not None and tuple(boxes.shape) != (n, 4):
+            raise DataError(f"Boxes must be shaped (P, 4) with P={n}; got {tuple(boxes.shape)}.")
+        if points is not None and (points.ndim != 3 or points.shape[0] != n or points.shape[2] != 2):
+            raise DataError(f"Points must be shaped (P, K, 2) with P={n}; got {tuple(points.shape)}.")
+        dev = embeddings.device
+        h, w = embeddings.shape[-2:]
+        if n == 0:
+            empty = embeddings.new_zeros((0, 1, 4 * h, 4 * w))
+            return empty, embeddings.new_zeros((0,))
+        scale = self.input_size / float(frame_size)
+        pts = None
+        if points is not None:
+            if point_labels is None:
+                point_labels = torch.ones(points.shape[:2], dtype=torch.long, device=dev)
+            if tuple(point_labels.shape) != tuple(points.shape[:2]):
+                raise DataError(f"Point labels must be shaped (P, K)={tuple(points.shape[:2])}; "
+                                f"got {tuple(point_labels.shape)}.")
+            pts = (points.to(dev, torch.float32) * scale, point_labels.to(dev))
+        bx = boxes.to(dev, torch.float32) * scale if boxes is not None else None
+        sparse, dense = self.prompt_encoder(points=pts, boxes=bx, masks=None)
+
+        md = self.mask_decoder
+        src = embeddings[image_index.to(dev)] + dense
+        pos = self.prompt_encoder.get_dense_pe()  # (1, C, h, w): broadcasts over prompts, no copy
+        out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse.to(out_tokens.dtype)], dim=1)
+        hs, src = md.transformer(src, pos, tokens)
+        c = src.shape[-1]
+        src = src.transpose(1, 2).reshape(n, c, h, w)
+        upscaled = md.output_upscaling(src)  # (P, C/8, 4h, 4w)
+        # single-mask output = mask token 0; skip the three multimask heads entirely
+        hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])  # (P, C/8)
+        masks = torch.bmm(hyper.unsqueeze(1), upscaled.flatten(2)).view(n, 1, *upscaled.shape[-2:])
+        iou = md.iou_prediction_head(hs[:, 0, :])[:, 0]
+        return masks, iou
+
+    def decode(
+        self,
+        embeddings: Tensor,
+        image_index: Tensor,
+        boxes: Tensor | None = None,
+        points: Tensor | None = None,
+        point_labels: Tensor | None = None,
+        frame_size: int = 256,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode prompts given in the S x S training frame; return logits (P, S, S) and IoU (P,).
+
+        ``image_index[p]`` says which embedding prompt p belongs to; ``boxes`` are xyxy pixels,
+        ``points`` xy pixels with labels 1 (foreground), 0 (background) or -1 (padding).
+        """
+        low, iou = self.decode_lowres(embeddings, image_index, boxes, points, point_labels, frame_size)
+        if low.shape[0] == 0:
+            return low.new_zeros((0, frame_size, frame_size)), iou
+        logits = F.interpolate(low, size=(frame_size, frame_size), mode="bilinear", align_corners=False)
+        return logits[:, 0], iou
+
+    # ------------------------------------------------------------------ fine-tuning
+    def trainable_parameters(self, mode: str) -> list[nn.Parameter]:
+        """Parameters that train in ``mode``: 'decoder' (prompt encoder + mask decoder) or 'full'."""
+        if check_mode(mode) == "full":
+            return list(self.parameters())
+        return [*self.prompt_encoder.parameters(), *self.mask_decoder.parameters()]
+
+    def freeze_for(self, mode: str) -> "SamBackend":
+        """Set ``requires_grad`` for ``mode``; in 'decoder' mode the encoder also stays in eval mode."""
+        check_mode(mode)
+        for p in self.image_encoder.parameters():
+            p.requires_grad_(mode == "full")
+        for p in [*self.prompt_encoder.parameters(), *self.mask_decoder.parameters()]:
+            p.requires_grad_(True)
+        self.finetune_mode = mode
+        if mode == "decoder":
+            self.image_encoder.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "SamBackend":
+        super().train(mode)
+        # A frozen encoder must not update BatchNorm statistics (TinyViT has BN).
+        if getattr(self, "finetune_mode", "full") == "decoder":
+            self.image_encoder.eval()
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def metadata(self) -> dict[str, Any]:
+        """What a loader needs besides the weights (stored next to them by ``save``)."""
+        return {"backend": self.name, "input_size": int(self.input_size),
+                "normalization": self.normalization, "format": 1}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``{"model": state_dict, "samatch": metadata}``; loadable with weights_only=True."""
+        path = Path(path)
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            torch.save({"model": state, "samatch": self.metadata()}, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"Could not write the SAM checkpoint {path} ({exc.strerror or exc}). "
+                               "Check that the folder exists and is writable.") from exc
+        return path
+
+    def fingerprint(self, part: str = "all") -> str:
+        """A short hash of the weights: 'all', or 'encoder' (what cached embeddings depend on)."""
+        if part not in ("all", "encoder"):
+            raise ConfigError(f"Unknown fingerprint part {part!r}. Use 'all' or 'encoder'.")
+        module = self if part == "all" else self.image_encoder
+        digest = hashlib.sha256(f"{self.name}|{self.input_size}|{self.normalization}".encode())
+        for key, tensor in module.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{key}|{tuple(t.shape)}|{t.dtype}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- checkpoint reading
+_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load a plain weights file safely (``weights_only=True``); return (state_dict, samatch metadata).
+
+    Accepts a bare state_dict, ``{"model": ...}`` or ``{"state_dict": ...}``; strips a DataParallel
+    ``module.`` prefix. Every failure is a CheckpointError with one sentence for the user.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"SAM checkpoint {path} does not exist or is not a file. Check the path.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            found = _GLOBAL_RE.search(str(exc))
+            what = f" (it references {found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"SAM checkpoint {path} refused: not a plain weights file{what}. Only tensors can be loaded; "
+                "save the model's state_dict alone, and never open files of unknown origin."
+            ) from None
+        raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file. "
+                              "Download or copy it again.") from None
+    except Exception as exc:  # zip/stream/EOF/KeyError: all mean an unreadable file
+        raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file "
+                              f"({type(exc).__name__}). Download or copy it again.") from None
+    meta: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        if isinstance(obj.get("samatch"), dict):
+            meta = obj["samatch"]
+        for wrapper in ("model", "state_dict"):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(f"SAM checkpoint {path} holds no state_dict (a mapping of names to tensors). "
+                              "Save it with torch.save(model.state_dict(), path).")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj), meta
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def load_checked(model: nn.Module, state: dict[str, Tensor], path: str | Path, what: str) -> None:
+    """Load ``state`` strictly into ``model``; a key or shape mismatch is a CheckpointError naming keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatches ({_few(shapes)})")
+    if problems:
+        raise CheckpointError(f"SAM checkpoint {path} does not fit the {what} architecture: "
+                              f"{'; '.join(problems)}. Pick the backend/model type that matches the file.")
+    model.load_state_dict(state, strict=True)

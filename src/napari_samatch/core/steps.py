@@ -1,0 +1,112 @@
+"""One training step of each kind: supervised, UniMatch, SAM fine-tuning, and the joint SAM-Match step.
+
+Every function takes canonical (un-augmented) slices, draws its own augmentation from the generator,
+and returns a scalar loss to backpropagate plus a dict of plain floats for the log. UniMatch and
+SAM-Match share one function and differ only in where the pseudo-label comes from: the Match model's
+own weak-view prediction, or SAM's refinement of it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .augment import apply_cutmix, cutmix_masks, invert, random_geometry, strong_view, warp
+from .losses import supervised_loss, unimatch_total, unsupervised_loss
+from .models.unet import UNet
+from .refiner import Refiner
+
+# (weak-view probabilities, weak-view affine) -> (pseudo-label, confidence, extra losses)
+PseudoFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def weak_labeled(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = random_geometry(x.shape[0], gen).to(x.device)
+    return warp(x, theta, mode="bilinear"), warp(y, theta, mode="nearest", fill=0)
+
+
+def supervised_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                    amp=None) -> tuple[torch.Tensor, dict[str, float]]:
+    x_w, y_w = weak_labeled(x, y, gen)
+    with amp:
+        logits = unet(x_w)
+    loss = supervised_loss(logits.float(), y_w)
+    return loss, {"loss": loss.item(), "loss_x": loss.item()}
+
+
+def self_pseudo(probs_w: torch.Tensor, theta: torch.Tensor):
+    """UniMatch's pseudo-label: the weak view's own argmax and its probability."""
+    conf, label = probs_w.max(dim=1)
+    return label, conf, {}
+
+
+def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, gen: torch.Generator,
+                  conf_thresh: float, pseudo_fn: PseudoFn = self_pseudo,
+                  amp=None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The UniMatch loss on a labeled batch (x, y) and an unlabeled batch u.
+
+    CutMix partners are the same unlabeled batch rolled by one (and their pseudo-labels rolled alike),
+    so the pseudo-labels of a step are computed once; UniMatch draws a second unlabeled batch instead,
+    which would double SAM's work for the same mixing statistics.
+    """
+    bx, bu, s = x.shape[0], u.shape[0], u.shape[-1]
+    x_w, y_w = weak_labeled(x, y, gen)
+    theta_u = random_geometry(bu, gen).to(u.device)
+    u_w = warp(u, theta_u, mode="bilinear")
+    u_s1, u_s2 = strong_view(u_w, gen), strong_view(u_w, gen)
+    m1 = cutmix_masks(bu, s, s, gen).to(u.device)
+    m2 = cutmix_masks(bu, s, s, gen).to(u.device)
+    u_s1 = apply_cutmix(u_s1, u_s1.roll(1, 0), m1)
+    u_s2 = apply_cutmix(u_s2, u_s2.roll(1, 0), m2)
+
+    with amp:
+        logits, logits_fp = unet(torch.cat([x_w, u_w]), need_fp=True)
+        logits_s = unet(torch.cat([u_s1, u_s2]))
+    pred_x, pred_w = logits.float().split([bx, bu])
+    pred_fp = logits_fp.float()[bx:]
+    pred_s1, pred_s2 = logits_s.float().chunk(2)
+
+    probs_w = F.softmax(pred_w.detach(), dim=1)
+    pseudo, conf, extra = pseudo_fn(probs_w, theta_u)
+    p1 = apply_cutmix(pseudo, pseudo.roll(1, 0), m1)
+    c1 = apply_cutmix(conf, conf.roll(1, 0), m1)
+    p2 = apply_cutmix(pseudo, pseudo.roll(1, 0), m2)
+    c2 = apply_cutmix(conf, conf.roll(1, 0), m2)
+
+    loss_x = supervised_loss(pred_x, y_w)
+    loss_s1 = unsupervised_loss(pred_s1, p1, c1, conf_thresh)
+    loss_s2 = unsupervised_loss(pred_s2, p2, c2, conf_thresh)
+    loss_fp = unsupervised_loss(pred_fp, pseudo, conf, conf_thresh)
+    loss = unimatch_total(loss_x, loss_s1, loss_s2, loss_fp)
+    logs = {"loss_x": loss_x.item(), "loss_s": (loss_s1.item() + loss_s2.item()) / 2, "loss_fp": loss_fp.item(),
+            "mask_ratio": (conf >= conf_thresh).float().mean().item()}
+    for name, value in extra.items():
+        loss = loss + value
+        logs[name] = value.item()
+    logs["loss"] = loss.item()
+    return loss, logs
+
+
+def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam: bool,
+                   sam_weight: float) -> PseudoFn:
+    """SAM-Match's pseudo-label: SAM refines the Match prediction in the slice's own frame.
+
+    The weak-view probabilities are warped back to the slice's frame (the inverse affine), refined with
+    the cached embedding, and the refined label is warped forward again with the same affine. Pixels the
+    weak view rotated in from outside get label -1 and confidence 0 (ignored by the losses).
+    """
+
+    def pseudo(probs_w: torch.Tensor, theta: torch.Tensor):
+        probs = warp(probs_w, invert(theta), mode="bilinear")
+        with torch.set_grad_enabled(train_sam):
+            refined = refiner.refine(probs, keys, u)
+        label = warp(refined.labels, theta, mode="nearest", fill=-1)
+        conf = warp(refined.confidence[:, None], theta, mode="nearest")[:, 0]
+        extra = {}
+        if train_sam and sam_weight > 0 and refined.mask_logits.requires_grad:
+            extra["loss_sam_u"] = sam_weight * refiner.unlabeled_loss(refined, probs.argmax(1))
+        return label, conf, extra
+
+    return pseudo

@@ -1,0 +1,94 @@
+"""Validation during a run: per-volume Dice on held-out slices, and pseudo-label quality.
+
+Dice is computed per volume (3D, at the slices' own resolution) and averaged over volumes, as the
+benchmarks do; the pseudo-label quality compares the Match model's raw labels and SAM's refined labels
+with the hidden ground truth of a fixed sample of unlabeled slices (only when the data has one, e.g.
+ACDC in the SSL4MIS layout; a user's own volume has none).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .device import autocast
+from .inference import predict_volume
+from .slices import SliceSet
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+def dice_by_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """Dice for classes 1..C-1 of one volume; NaN where the class is absent from both (not counted)."""
+    pred = pred.astype(np.int64).ravel()
+    gt = gt.astype(np.int64).ravel()
+    conf = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    inter = np.diag(conf)[1:].astype(np.float64)
+    size = conf.sum(0)[1:] + conf.sum(1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(size > 0, 2 * inter / size, np.nan)
+
+
+def torch_dice(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> np.ndarray:
+    """Dice per foreground class over a whole batch of slices, ignoring gt == -1."""
+    valid = gt >= 0
+    out = []
+    for c in range(1, num_classes):
+        p, g = (pred == c) & valid, (gt == c) & valid
+        denom = p.sum() + g.sum()
+        out.append(float(2 * (p & g).sum() / denom) if denom > 0 else float("nan"))
+    return np.array(out)
+
+
+class Validator:
+    def __init__(self, engine: "Engine", val: SliceSet, pseudo_sample: int = 32) -> None:
+        self.engine = engine
+        self.val = val
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, g in enumerate(val.groups):
+            groups[g].append(i)
+        # slices of a volume in their stored order
+        self.groups = {g: sorted(ix, key=lambda i: val.positions[i]) for g, ix in groups.items()}
+        data = engine.data
+        hidden = [i for i in range(len(data)) if data.labels[i] is None and data.hidden[i] is not None]
+        rng = np.random.default_rng(engine.config.seed)
+        self.pseudo_idx = sorted(rng.choice(hidden, size=min(pseudo_sample, len(hidden)), replace=False).tolist()) if hidden else []
+        if self.pseudo_idx:
+            self.pseudo_gt = data.subset(self.pseudo_idx).hidden_tensor(engine.config.size).to(engine.device)
+
+    def evaluate(self, with_pseudo: bool = False) -> dict[str, Any]:
+        e = self.engine
+        names = e.config.class_names[1:]
+        per_volume = []
+        with e.lock:
+            for g, ix in self.groups.items():
+                gt_shapes = {self.val.images[i].shape for i in ix}
+                if len(gt_shapes) == 1:
+                    stack = np.stack([self.val.images[i] for i in ix])
+                    pred = predict_volume(e.unet, stack, e.config.size, e.device, amp=autocast(e.device, e.config.amp))
+                    gt = np.stack([self.val.labels[i] if self.val.labels[i] is not None else self.val.hidden[i] for i in ix])
+                else:  # 2D images of different sizes (e.g. BUSI): concatenate flattened
+                    preds, gts = [], []
+                    for i in ix:
+                        preds.append(predict_volume(e.unet, self.val.images[i], e.config.size, e.device).ravel())
+                        gts.append((self.val.labels[i] if self.val.labels[i] is not None else self.val.hidden[i]).ravel())
+                    pred, gt = np.concatenate(preds), np.concatenate(gts)
+                per_volume.append(dice_by_class(pred, gt, e.config.num_classes))
+        per_class = np.nanmean(np.stack(per_volume), axis=0) if per_volume else np.full(len(names), np.nan)
+        out: dict[str, Any] = {"val_dice": {n: float(d) for n, d in zip(names, per_class)},
+                               "val_mean_dice": float(np.nanmean(per_class))}
+        if with_pseudo and self.pseudo_idx:
+            preview = e.preview(self.pseudo_idx)
+            raw = torch_dice(torch.from_numpy(preview["raw"]).to(e.device).long(), self.pseudo_gt, e.config.num_classes)
+            out["pseudo_raw_dice"] = float(np.nanmean(raw))
+            if "refined" in preview:
+                ref = torch_dice(torch.from_numpy(preview["refined"]).to(e.device).long(), self.pseudo_gt,
+                                 e.config.num_classes)
+                out["pseudo_refined_dice"] = float(np.nanmean(ref))
+                out["pseudo_refined_by_class"] = {n: float(d) for n, d in zip(names, ref)}
+            out["pseudo_raw_by_class"] = {n: float(d) for n, d in zip(names, raw)}
+        return out

@@ -1,0 +1,94 @@
+"""The Match model: size, shapes, feature perturbation, and that it can learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samatch.core.errors import DataError
+from napari_samatch.core.losses import supervised_loss
+from napari_samatch.core.models.unet import UNet, count_parameters
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_parameter_count_matches_paper():
+    n = count_parameters(UNet())
+    assert 1.6e6 <= n <= 2.0e6, n
+    assert count_parameters(UNet(in_channels=3, num_classes=2)) != n
+
+
+def test_shapes_with_and_without_fp():
+    torch.manual_seed(0)
+    net = UNet(num_classes=4).train()
+    x = torch.rand(3, 1, 32, 48)
+    assert net(x).shape == (3, 4, 32, 48)
+    out, out_fp = net(x, need_fp=True)
+    assert out.shape == out_fp.shape == (3, 4, 32, 48)
+    out, out_fp = net(x, need_fp=True, fp_start=2)  # perturb only the last sample
+    assert out.shape == (3, 4, 32, 48) and out_fp.shape == (1, 4, 32, 48)
+
+
+def test_fp_branch_differs_from_clean_branch():
+    torch.manual_seed(0)
+    net = UNet().train()
+    x = torch.rand(2, 1, 32, 32)
+    out, out_fp = net(x, need_fp=True)
+    assert not torch.allclose(out, out_fp, atol=1e-4)
+    # in eval mode the clean branch is deterministic and equals the plain forward
+    net.eval()
+    with torch.no_grad():
+        clean, fp = net(x, need_fp=True)
+        assert torch.allclose(clean, net(x), atol=1e-5)
+        assert not torch.allclose(clean, fp, atol=1e-4)
+
+
+def test_bad_sizes_raise_user_errors():
+    net = UNet()
+    with pytest.raises(DataError, match="multiple of 16"):
+        net(torch.rand(1, 1, 40, 32))
+    with pytest.raises(DataError):
+        net(torch.rand(1, 32, 32))
+
+
+def _heart(shift: float, r_lv: float, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A toy short-axis slice: background 0, RV 1 (ellipse), myocardium 2 (ring), LV 3 (disk)."""
+    ax = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+    k = size / 64  # shapes are drawn for 64 px and scaled
+    cy, cx = size / 2 + shift * k, size / 2 + 4 * k
+    r = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+    lab = torch.zeros(size, size, dtype=torch.long)
+    lab[((yy - cy) / (10 * k)) ** 2 + ((xx - cx + 18 * k) / (7 * k)) ** 2 < 1] = 1
+    lab[r < (r_lv + 5) * k] = 2
+    lab[r < r_lv * k] = 3
+    intensity = torch.tensor([0.15, 0.65, 0.3, 0.85])
+    g = torch.Generator().manual_seed(int(shift) + 100)
+    img = intensity[lab] + 0.03 * torch.randn(size, size, generator=g)
+    return img.clamp(0, 1)[None], lab
+
+
+def test_overfits_two_images():
+    torch.manual_seed(0)
+    (a, la), (b, lb) = _heart(0, 9.0), _heart(-5, 12.0)
+    x, y = torch.stack([a, b]), torch.stack([la, lb])
+    net = UNet().train()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(60):
+        opt.zero_grad(set_to_none=True)
+        supervised_loss(net(x), y).backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    dice = []
+    for c in range(1, 4):
+        inter = ((pred == c) & (y == c)).sum().item()
+        dice.append(2 * inter / ((pred == c).sum().item() + (y == c).sum().item()))
+    assert min(dice) > 0.9, dice
