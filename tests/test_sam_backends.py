@@ -199,7 +199,13 @@ def test_litemedsam_encode_resizes_any_frame(lite):
 
 # ---------------------------------------------------------------------- tiny segment-anything model
 def _tiny_sam():
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     torch.manual_seed(0)
     return Sam(

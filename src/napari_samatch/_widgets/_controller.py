@@ -8,7 +8,9 @@ back through Qt signals.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from ..core.errors import DataError, SamatchError
 from ..core.slices import SliceSet, default_class_names
 from ..core.volume import Volume, to_single_channel
 from ._layers import slice_shape
-from ._runner import TrainingJob
+from ._runner import TrainingJob, prefetch
 
 log = logging.getLogger(__name__)
 _CONTROLLERS: dict[int, "Controller"] = {}
@@ -90,6 +92,9 @@ class Controller(QObject):
         for name in ("inserted", "removed", "moved"):
             getattr(viewer.layers.events, name).connect(self._on_layers)
         self._pick_defaults()
+        # main-thread time spent on each engine event: (kind, wall ms, cpu ms); the stall test reads it
+        self.handler_ms: deque[tuple[str, float, float]] = deque(maxlen=5000)
+        prefetch()
 
     @property
     def viewer(self) -> Any:
@@ -136,6 +141,7 @@ class Controller(QObject):
     def set_labels_layer(self, layer: Labels | None, emit: bool = True) -> None:
         old = self.labels_layer
         if old is not None:
+            old.events.paint.disconnect(self._on_labels_paint)
             for name in ("paint", "data", "set_data"):
                 getattr(old.events, name).disconnect(self._on_labels_edit)
         if layer is not None and self.image_layer is not None and layer.data.shape != self.image_shape():
@@ -143,6 +149,7 @@ class Controller(QObject):
                             f"'{self.image_layer.name}' has {self.image_shape()}. Create a new labels layer instead.")
         self.labels_layer = layer
         if layer is not None:
+            layer.events.paint.connect(self._on_labels_paint)
             for name in ("paint", "data", "set_data"):
                 getattr(layer.events, name).connect(self._on_labels_edit)
             if not self.class_names and layer.metadata.get("class_names"):
@@ -217,6 +224,9 @@ class Controller(QObject):
         coord[self.axis] = index
         world = self.image_layer.data_to_world(coord)
         dims.set_point(axis_world, float(world[self.axis]))
+
+    def _on_labels_paint(self, event=None) -> None:
+        self.sessions.mark_dirty("labels", soon=True)
 
     def _on_labels_edit(self, event=None) -> None:
         self.sessions.mark_dirty("labels")
@@ -369,6 +379,13 @@ class Controller(QObject):
         self.run_state_changed.emit(state)
 
     def _on_job_event(self, event: ev.Event) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            self._handle_event(event)
+        finally:
+            self.handler_ms.append((event.kind, (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3))
+
+    def _handle_event(self, event: ev.Event) -> None:
         if event.kind == ev.PSEUDO_LABELS:
             self.review.apply_preview(event.data)
         elif event.kind == ev.PROGRESS and self._pbar is not None:

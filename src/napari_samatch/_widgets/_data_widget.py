@@ -84,7 +84,7 @@ class DataWidget(QWidget):
         self.ctl.layers_changed.connect(self.refresh)
         self.ctl.selection_changed.connect(self.refresh)
         self.ctl.labeled_changed.connect(self._show_labeled)
-        self.ctl.sessions.saved.connect(lambda _: self._show_session())
+        self.ctl.sessions.saved.connect(self._on_saved)
         self.refresh()
 
     # ------------------------------------------------------------------ view
@@ -128,6 +128,9 @@ class DataWidget(QWidget):
             self.labeled_label.setText(f"{len(labeled)} of {n} slices labeled: {', '.join(map(str, labeled))}. "
                                        "The other slices are unlabeled.")
             self.labeled_label.setStyleSheet("")
+
+    def _on_saved(self, folder: str) -> None:
+        self._show_session()
 
     def _show_session(self) -> None:
         s = self.ctl.sessions

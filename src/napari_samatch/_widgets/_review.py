@@ -264,7 +264,7 @@ class ReviewLayers(QObject):
             else:
                 touched.update(np.unique(atom[0][axis]).tolist() if nd == 3 else [0])
         self.corrected |= touched
-        self.ctl.sessions.mark_dirty("review")
+        self.ctl.sessions.mark_dirty("review", soon=True)
         self.ctl.review_changed.emit()
 
     # ------------------------------------------------------------------ accept

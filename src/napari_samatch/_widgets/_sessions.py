@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from ._controller import Controller
 
 log = logging.getLogger(__name__)
-AUTOSAVE_MS = 30_000
+AUTOSAVE_MS = 30_000   # catch-all period
+PAINT_SAVE_MS = 3_000  # after the last paint stroke: at most a few seconds of painting can be lost
 
 
 class SessionManager(QObject):
@@ -53,6 +54,10 @@ class SessionManager(QObject):
         self.timer.setInterval(AUTOSAVE_MS)
         self.timer.timeout.connect(self.autosave)
         self.timer.start()
+        self.soon = QTimer(self)
+        self.soon.setSingleShot(True)
+        self.soon.setInterval(PAINT_SAVE_MS)
+        self.soon.timeout.connect(self.autosave)
 
     # ------------------------------------------------------------------ folder
     @property
@@ -73,8 +78,11 @@ class SessionManager(QObject):
         if not self.user_folder:
             self._folder, self._labels_hash = None, None
 
-    def mark_dirty(self, what: str) -> None:
+    def mark_dirty(self, what: str, soon: bool = False) -> None:
+        """Note a change; ``soon`` saves a few seconds later (after painting) instead of at the next period."""
         self.dirty.add(what)
+        if soon:
+            self.soon.start()
 
     # ------------------------------------------------------------------ save
     def snapshot(self) -> SessionState:
@@ -103,6 +111,9 @@ class SessionManager(QObject):
         return state
 
     def autosave(self, force: bool = False) -> None:
+        if self.ctl.viewer is None:  # the viewer is gone: nothing more to watch
+            self.timer.stop()
+            return
         if self.ctl.labels_layer is None or (not self.dirty and not force):
             return
         self.save()

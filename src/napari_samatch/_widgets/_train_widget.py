@@ -155,7 +155,7 @@ class TrainWidget(QWidget):
         self.load_model_btn.clicked.connect(self._load_model)
         self.ctl.engine_event.connect(self.on_event)
         self.ctl.run_state_changed.connect(self._show_state)
-        self.ctl.engine_changed.connect(lambda: self._show_state(self.ctl.state))
+        self.ctl.engine_changed.connect(self._engine_changed)
         self.ctl.message.connect(self.append_log)
         self.ctl.selection_changed.connect(self._restore_settings)
         self.apply_preset(self.preset_combo.currentText())
@@ -247,6 +247,9 @@ class TrainWidget(QWidget):
             self.ctl.resume()
         else:
             self.ctl.pause()
+
+    def _engine_changed(self) -> None:
+        self._show_state(self.ctl.state)
 
     def _show_state(self, state: str) -> None:
         running = state in ("running", "paused", "stopping")

@@ -47,6 +47,9 @@ class RunConfig:
     sam_checkpoint: str | None = None
     sam_model_type: str = "auto"
     sam_unlabeled_weight: float = 0.25
+    # SAM trains on every k-th joint step (1 = every step, as the paper); other steps only refine,
+    # without gradients: SAM's decoder backward dominates a joint step on a CPU
+    sam_every: int = 1
     conf_thresh: float = 0.95
     prompt_thresh: float = 0.7
     bbox_shift: int = 5
@@ -90,6 +93,7 @@ class RunConfig:
         need(0 <= self.weight_decay < 1, "weight_decay", "use a value in [0, 1)")
         need(self.sam_mode in SAM_MODES, "sam_mode", "choose decoder or full")
         need(self.sam_backend in ("litemedsam", "sam"), "sam_backend", "choose litemedsam or sam")
+        need(isinstance(self.sam_every, int) and self.sam_every >= 1, "sam_every", "use a whole number >= 1")
         need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
         need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
         need(0 < self.prompt_thresh < 1, "prompt_thresh", "use a probability in (0, 1)")
@@ -156,7 +160,7 @@ def preset(name: str, **overrides: Any) -> RunConfig:
 PRESETS: dict[str, RunConfig] = {
     # A few minutes on a laptop CPU: small frame, short stages.
     "quick": RunConfig(size=128, warmup_iters=150, sam_iters=60, joint_iters=150, batch_labeled=4,
-                       batch_unlabeled=4, eval_every=50, checkpoint_every=50),
+                       batch_unlabeled=4, eval_every=50, checkpoint_every=50, sam_every=4),
     # A good default on a GPU, tolerable on a CPU overnight.
     "standard": RunConfig(size=256, warmup_iters=2000, sam_iters=500, joint_iters=4000, eval_every=500,
                           checkpoint_every=500),

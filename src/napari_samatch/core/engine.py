@@ -272,16 +272,20 @@ class Engine:
             return logs
 
         # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
-        self.sam.train()
-        pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=True, sam_weight=c.sam_unlabeled_weight)
+        train_sam = self.stage_iter % c.sam_every == 0
+        self.sam.train(train_sam)
+        pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight)
         loss, logs = unimatch_step(self.unet, x, y, u, self.gen, c.conf_thresh, pseudo_fn=pseudo, amp=amp)
-        loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
         self.opt_unet.zero_grad(set_to_none=True)
-        self.opt_sam.zero_grad(set_to_none=True)
-        (loss + loss_sam_x).backward()
+        if train_sam:
+            loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
+            self.opt_sam.zero_grad(set_to_none=True)
+            loss = loss + loss_sam_x
+            logs["loss_sam_x"] = loss_sam_x.item()
+        loss.backward()
         self.opt_unet.step()
-        self.opt_sam.step()
-        logs["loss_sam_x"] = loss_sam_x.item()
+        if train_sam:
+            self.opt_sam.step()
         return logs
 
     # ----------------------------------------------------------------- results

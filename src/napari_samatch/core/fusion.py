@@ -48,8 +48,9 @@ def fuse(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fuse SAM mask logits (P, H, W), one per prompt, into labels (B, H, W) and confidence (B, H, W).
 
-    ``mask_logits`` must already be in the prompts' frame (``prompts.frame_size``). See the module
-    docstring for the rule.
+    ``mask_logits`` must already be in the prompts' frame (``prompts.frame_size``); a (P, 1, H, W) tensor
+    is accepted too. ``iou_pred`` (P,) scales confidence; ``match_probs`` (B, C, H, W) enables the
+    fallback and the disagreement rule. Outputs carry no gradient. See the module docstring for the rule.
     """
     if num_classes < 2:
         raise ConfigError(f"num_classes counts background too and must be at least 2, got {num_classes}.")
@@ -64,8 +65,11 @@ def fuse(
     prompts = prompts.to(dev)
     if n and (int(prompts.class_index.min()) < 1 or int(prompts.class_index.max()) >= num_classes):
         raise DataError(f"A prompt's class lies outside 1..{num_classes - 1}; check num_classes.")
+    if n and (int(prompts.image_index.min()) < 0 or int(prompts.image_index.max()) >= b):
+        raise DataError(f"A prompt's image lies outside 0..{b - 1}; check the prompts' num_images.")
 
-    prob = torch.sigmoid(mask_logits.float()).reshape(n, hw)
+    # pseudo-labels are targets: no gradient flows through the fusion
+    prob = torch.sigmoid(mask_logits.detach().float()).reshape(n, hw)
     plane = (prompts.image_index * cf + prompts.class_index - 1).long()
     idx = plane.view(n, 1).expand(n, hw)
     p_cls = torch.zeros(b * cf, hw, device=dev).scatter_reduce(0, idx, prob, "amax")
@@ -124,3 +128,4 @@ def fuse(
         conf = torch.where(fallback, m_conf, conf)
         conf = torch.where(m_arg != labels, conf * disagreement_scale, conf)
     return labels, conf.clamp(0.0, 1.0)
+

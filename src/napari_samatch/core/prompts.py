@@ -24,9 +24,11 @@ background (for a myocardium box: the LV pool, which tells SAM "not the hole"). 
 padding: label -1 at (0, 0).
 
 Everything runs on the input's device without per-pixel Python loops. Connected components use
-``scipy.ndimage.label`` (one call for the whole batch) for CPU tensors and max-label propagation with
-pointer jumping for other devices; both give identical prompts because components are identified by
-their first pixel in raster order, not by label value.
+``scipy.ndimage.label`` (one call for the whole batch, a structure that never links two planes) for
+CPU tensors, and for other devices max-label propagation (separable 3x3 max filter) with pointer
+jumping inside the bounding box of all foreground; both give identical prompts because components are
+ranked and ordered by area and their first pixel in raster order, never by label value. Points are
+searched in one box-sized window per prompt rather than the whole frame.
 
 Default ``conf_thresh=0.7``: a plain argmax (0.5) lets uncertain fringe pixels bridge to neighbouring
 structures and inflate the box; the loss threshold 0.95 erodes thin or small structures (myocardium,
@@ -308,6 +310,8 @@ def prompts_from_labels(
 
 def _build(label_map, conf, num_classes, bbox_shift, components, min_area, points, negative_points,
            jitter, generator, method) -> Prompts:
+    if num_classes < 2:
+        raise ConfigError(f"num_classes counts background too and must be at least 2, got {num_classes}.")
     if components not in ("largest", "all", "union"):
         raise ConfigError(f"components must be 'largest', 'all' or 'union', got {components!r}.")
     if bbox_shift < 0 or min_area < 1 or points < 0 or negative_points < 0:

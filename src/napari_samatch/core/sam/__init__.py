@@ -29,10 +29,13 @@ def load_sam(
 ) -> SamBackend:
     """Load a SAM backend in eval mode: 'litemedsam' (bundled weights unless ``checkpoint``) or 'sam'.
 
-    For 'sam', ``model_type`` is 'vit_b', 'vit_l', 'vit_h', 'medsam' or 'auto' (inferred from the file).
+    For 'sam', ``model_type`` is 'vit_b', 'vit_l', 'vit_h', 'medsam' or 'auto' (inferred from the file);
+    ``load_sam("medsam", path)`` is short for ``load_sam("sam", path, model_type="medsam")``.
     """
     key = _ALIASES.get(str(backend).lower(), str(backend).lower())
-    if key == "litemedsam":
+    if key == "medsam":
+        key, model_type = "sam", "medsam"
+    if key == "litemedsam":  # model_type only concerns 'sam' (a UI may keep it when switching)
         return load_litemedsam(checkpoint, device=device)
     if key == "sam":
         return load_segment_anything(checkpoint, model_type=model_type, device=device)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..device import select_device
 from ..errors import CheckpointError, ConfigError, DataError, StorageError
 
 MODES = ("decoder", "full")
@@ -36,22 +37,8 @@ def check_mode(mode: str) -> str:
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """Turn 'auto' / 'cpu' / 'cuda[:i]' / 'mps' into a usable torch.device (ConfigError if not)."""
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"Unknown device {device!r}. Use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("Device 'cuda' was requested but no CUDA GPU is available. Use 'cpu' or 'auto'.")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("Device 'mps' was requested but Apple MPS is not available. Use 'cpu' or 'auto'.")
-    return dev
+    """'auto' / 'cpu' / 'cuda[:i]' / 'mps' or a torch.device -> a usable device (ConfigError if not)."""
+    return select_device(str(device))
 
 
 class SamBackend(nn.Module):
@@ -180,7 +167,7 @@ class SamBackend(nn.Module):
             return list(self.parameters())
         return [*self.prompt_encoder.parameters(), *self.mask_decoder.parameters()]
 
-    def freeze_for(self, mode: str) -> "SamBackend":
+    def freeze_for(self, mode: str) -> SamBackend:
         """Set ``requires_grad`` for ``mode``; in 'decoder' mode the encoder also stays in eval mode."""
         check_mode(mode)
         for p in self.image_encoder.parameters():
@@ -192,7 +179,7 @@ class SamBackend(nn.Module):
             self.image_encoder.eval()
         return self
 
-    def train(self, mode: bool = True) -> "SamBackend":
+    def train(self, mode: bool = True) -> SamBackend:
         super().train(mode)
         # A frozen encoder must not update BatchNorm statistics (TinyViT has BN).
         if getattr(self, "finetune_mode", "full") == "decoder":
@@ -256,7 +243,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
             ) from None
         raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file. "
                               "Download or copy it again.") from None
-    except Exception as exc:  # zip/stream/EOF/KeyError: all mean an unreadable file
+    except Exception as exc:  # noqa: BLE001 - zip/stream/EOF/KeyError... all mean an unreadable file
         raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file "
                               f"({type(exc).__name__}). Download or copy it again.") from None
     meta: dict[str, Any] = {}

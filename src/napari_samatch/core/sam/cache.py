@@ -94,7 +94,7 @@ class EmbeddingCache:
             self._spill_path = None
             self._finalizer = None
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> EmbeddingCache:  # noqa: PYI034 - Self needs Python 3.11
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,10 +7,10 @@ are read in place (via importlib.resources) and checked against a known SHA-256,
 from __future__ import annotations
 
 import hashlib
-import importlib.resources as resources
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 import torch

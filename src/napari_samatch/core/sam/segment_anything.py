@@ -113,7 +113,13 @@ def infer_config(state: dict[str, Tensor], path: str | Path = "checkpoint") -> S
 
 def build_modules(cfg: SamConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
     """Build (image_encoder, prompt_encoder, mask_decoder) through segment_anything's ``Sam``."""
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
 
     sam = Sam(
         image_encoder=ImageEncoderViT(
