@@ -2,14 +2,16 @@
 
     python benchmarks/sam_speed.py [--repeats 3] [--device cpu]
 
-Prints a table and writes benchmarks/results/sam_speed.json. Times are medians over ``--repeats``
-runs after one warm-up; inputs are random (speed does not depend on pixel values).
+Prints the numbers and writes benchmarks/results/sam_speed.json. Times are medians over ``--repeats``
+runs after a warm-up; inputs are random (speed does not depend on pixel values). The load average is
+recorded too: on a shared machine it explains most of the spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -21,9 +23,10 @@ import torch
 from napari_samatch.core.sam import load_sam
 
 
-def _median_time(fn, repeats: int, sync) -> float:
-    fn()  # warm-up: allocator, oneDNN kernels
-    sync()
+def _median_time(fn, repeats: int, sync, warmup: bool = True) -> float:
+    if warmup:  # allocator, oneDNN kernel selection
+        fn()
+        sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -49,15 +52,18 @@ def main(argv: list[str] | None = None) -> dict:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     model = load_sam("litemedsam", device=dev)
     results: dict = {"device": str(dev), "cpu": platform.processor() or platform.machine(),
+                     "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg(),
                      "torch": torch.__version__, "repeats": args.repeats, "encode_s_per_image": {}}
     gen = torch.Generator().manual_seed(0)
 
     for threads in args.threads:
         torch.set_num_threads(threads)
+        with torch.no_grad():  # one cheap warm-up per thread count (an encode is ~75 GFLOP)
+            model.encode(torch.rand(1, 1, 256, 256, generator=gen).to(dev))
         for batch in (1, 8):
             images = torch.rand(batch, 1, 256, 256, generator=gen).to(dev)
             with torch.no_grad():
-                t = _median_time(lambda x=images: model.encode(x), args.repeats, sync)
+                t = _median_time(lambda x=images: model.encode(x), args.repeats, sync, warmup=False)
             results["encode_s_per_image"][f"threads{threads}_batch{batch}"] = t / batch
             print(f"encode  threads={threads} batch={batch}: {t / batch:.3f} s/image")
 
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"decode+backward 12 prompts, 'decoder' mode (threads={max(args.threads)}): {t_bwd:.3f} s")
 
     results.update({
+        "load_average_at_end": os.getloadavg(),
         "decode_12_prompts_4_images_s": t_dec,
         "decode_backward_12_prompts_decoder_mode_s": t_bwd,
         "decode_threads": max(args.threads),
