@@ -31,15 +31,20 @@ RESULTS = Path(__file__).with_name("results") / "unet_speed.json"
 
 
 def _tune_malloc() -> bool:
-    """Ask glibc to keep freed memory (no munmap/trim per step, so no page faults on reuse)."""
+    """Ask glibc to keep freed memory (no munmap/trim per step, so no page faults on reuse).
+
+    By default every tensor above the mmap threshold (at most 32 MiB) is a fresh mmap that is
+    unmapped on free, so each step page-faults (and zeroes) its activations again. With mmap off the
+    main thread's heap keeps them. Process-wide and irreversible: for a CLI run, not a library import.
+    """
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # the largest value glibc accepts
-        ok &= libc.mallopt(m_trim_threshold, 1 << 30)
-        ok &= libc.mallopt(m_top_pad, 256 * 1024 * 1024)
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = libc.mallopt(m_mmap_max, 0)
+        ok &= libc.mallopt(m_trim_threshold, 1 << 62)
+        ok &= libc.mallopt(m_top_pad, 64 * 1024 * 1024)
         return bool(ok)
     except OSError:
         return False

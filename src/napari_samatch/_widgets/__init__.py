@@ -30,6 +30,23 @@ def _keep_triton_out() -> None:
 
 _keep_triton_out()
 
+
+def _preload() -> None:
+    """Import the engine, the SAM backends and ``torch._dynamo`` here, on the main thread, once.
+
+    Otherwise the first run imports them in its worker thread; PyTorch's lazy imports are not safe
+    against a concurrent import from another thread (operator registration races), and a long import
+    in a worker holds the interpreter lock in bursts that stall the UI.
+    """
+    import torch
+
+    from ..core import engine, sam  # noqa: F401
+
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # the first optimiser imports torch._dynamo
+
+
+_preload()
+
 from ._data_widget import DataWidget  # noqa: E402
 from ._review_widget import ReviewWidget  # noqa: E402
 from ._train_widget import TrainWidget  # noqa: E402

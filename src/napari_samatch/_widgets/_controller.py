@@ -26,7 +26,7 @@ from ..core.errors import DataError, SamatchError
 from ..core.slices import SliceSet, default_class_names
 from ..core.volume import Volume, to_single_channel
 from ._layers import slice_shape
-from ._runner import TrainingJob, prefetch
+from ._runner import TrainingJob
 
 log = logging.getLogger(__name__)
 _CONTROLLERS: dict[int, "Controller"] = {}
@@ -94,7 +94,6 @@ class Controller(QObject):
         self._pick_defaults()
         # main-thread time spent on each engine event: (kind, wall ms, cpu ms); the stall test reads it
         self.handler_ms: deque[tuple[str, float, float]] = deque(maxlen=5000)
-        prefetch()
 
     @property
     def viewer(self) -> Any:

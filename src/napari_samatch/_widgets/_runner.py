@@ -36,32 +36,6 @@ def failure_message(exc: BaseException, what: str = "Training") -> str:
     return f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). See the log, and report it if it repeats."
 
 
-_PREFETCHED = False
-
-
-def prefetch() -> None:
-    """Import the engine and the SAM backends in a worker once per process, ahead of the first Start.
-
-    These imports take seconds (timm, torch._dynamo); done here, they neither delay the dock's
-    appearance nor the first run.
-    """
-    global _PREFETCHED
-    if _PREFETCHED:
-        return
-    _PREFETCHED = True
-
-    def work() -> None:
-        import torch
-
-        from ..core import engine, sam  # noqa: F401
-
-        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # the first optimiser imports torch._dynamo
-
-    worker = create_worker(work, _start_thread=False)
-    worker.errored.connect(lambda exc: log.warning("prefetch failed: %s", exc))
-    worker.start()
-
-
 class TrainingJob(QObject):
     """Build an engine (or continue one), run it, then preview every slice; all in a worker thread.
 
