@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 
 import torch
 
@@ -46,6 +48,33 @@ def autocast(device: torch.device, enabled: bool = True):
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large freed tensors in the process instead of handing them back to the kernel (glibc only).
+
+    glibc serves blocks over a few MB with mmap and unmaps them on free, so every 64 MB activation of
+    the LiteMedSAM encoder is page-faulted in afresh on every forward pass. On virtual machines a fault
+    is expensive: on our 2-core CI machine this halved the encoder time (7.5 s -> 3.8 s per 256x256
+    slice) and cut system time by 80 %. The cost is that the process keeps its peak heap, which
+    training reaches anyway. Returns whether the setting was applied.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from <malloc.h>
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+    _allocator_tuned = ok
+    return ok
 
 
 def device_summary() -> str:

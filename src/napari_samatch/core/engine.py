@@ -26,7 +26,7 @@ import torch
 from . import events as ev
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
-from .device import autocast, select_device, set_threads
+from .device import autocast, select_device, set_threads, tune_cpu_allocator
 from .errors import CheckpointError, DataError
 from .inference import predict_probs
 from .models.unet import UNet
@@ -55,6 +55,8 @@ class Engine:
         self.data = data
         set_threads(config.threads)
         self.device = select_device(config.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         torch.manual_seed(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.unet = UNet(1, config.num_classes).to(self.device)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..device import select_device
+from ..device import select_device, tune_cpu_allocator
 from ..errors import CheckpointError, ConfigError, DataError, StorageError
 
 MODES = ("decoder", "full")
@@ -38,7 +38,10 @@ def check_mode(mode: str) -> str:
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     """'auto' / 'cpu' / 'cuda[:i]' / 'mps' or a torch.device -> a usable device (ConfigError if not)."""
-    return select_device(str(device))
+    dev = select_device(str(device))
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+    return dev
 
 
 class SamBackend(nn.Module):
