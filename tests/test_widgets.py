@@ -126,7 +126,7 @@ def test_full_run_review_edit_accept_and_next_round(docks, qtbot, tiny_sam):
     assert train.loss_plot.series and ctl.sessions.checkpoint_path.is_file()
     assert train.next_btn.isEnabled() and train.export_model_btn.isEnabled()
     # the main thread never spent long on one event
-    assert max(wall for _, wall, _ in ctl.handler_ms) < 100
+    assert max(wall for _, wall, _ in ctl.handler_ms) < 100, sorted(ctl.handler_ms, key=lambda h: -h[1])[:5]
 
     # draw a box on an unlabeled slice: SAM re-runs for that slice only
     k = 4
@@ -282,15 +282,72 @@ def test_session_save_reopen_and_autosave(make_napari_viewer_proxy, qtbot, tiny_
 
     # painting is autosaved a few seconds later into the same session
     ctl2.sessions.soon.setInterval(50)
-    gen = _generation(folder)
-    ctl2.labels_layer.paint((7, 40, 40), 3)
-    qtbot.waitUntil(lambda: _generation(folder) > gen, timeout=TIMEOUT_MS)
     from napari_samatch.core.session import load_session
 
-    assert load_session(folder).labels[7, 40, 40] == 3
+    ctl2.labels_layer.paint((7, 40, 40), 3)
+
+    def painted_stroke_saved() -> bool:
+        try:
+            return load_session(folder).labels[7, 40, 40] == 3
+        except Exception:  # noqa: BLE001 - read while a save replaces the files: try again
+            return False
+
+    qtbot.waitUntil(painted_stroke_saved, timeout=TIMEOUT_MS)
 
 
-def _generation(folder: Path) -> int:
-    import json
+# ------------------------------------------------------------------------------------------ responsiveness
+def _heartbeat(qtbot, until, timeout_ms: int) -> list[float]:
+    """Gaps (ms) between ticks of a 10 ms QTimer on the main thread while ``until()`` is false."""
+    import time
 
-    return int(json.loads((folder / "session.json").read_text())["generation"])
+    from qtpy.QtCore import QTimer
+
+    gaps, last = [], [time.perf_counter()]
+
+    def beat():
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1e3)
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    timer.start()
+    try:
+        qtbot.waitUntil(until, timeout=timeout_ms)
+    finally:
+        timer.stop()
+    return gaps
+
+
+def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_property):
+    """A heartbeat on the main thread during a short training: the largest stall stays under 100 ms.
+
+    The same heartbeat is first measured idle: where the machine itself stalls a Qt timer (a CPU shared
+    by many jobs), wall-clock gaps say nothing about this plugin, and only the main-thread time spent
+    per engine event is asserted.
+    """
+    import time
+
+    viewer, data, train, review = docks
+    ctl = data.ctl
+    end = time.perf_counter() + 2.0
+    idle = _heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)
+    train.set_config(**tiny_settings(tiny_sam, warmup_iters=12, sam_iters=2, joint_iters=6))
+    assert train.start()
+    busy = _heartbeat(qtbot, lambda: ctl.job is None and ctl.state == "idle", TIMEOUT_MS)
+    handler = max(wall for _, wall, _ in ctl.handler_ms)
+    stall, idle_stall = max(busy[1:]), max(idle[1:])
+    record_property("heartbeat_max_stall_ms", round(stall, 1))
+    record_property("heartbeat_idle_max_ms", round(idle_stall, 1))
+    record_property("max_event_handler_ms", round(handler, 1))
+    print(f"\nheartbeat: max stall {stall:.1f} ms during training ({len(busy)} ticks), "
+          f"{idle_stall:.1f} ms idle; slowest engine-event handler {handler:.1f} ms")
+    walls = sorted(w for _, w, _ in ctl.handler_ms)
+    p95 = walls[int(0.95 * (len(walls) - 1))]
+    print(f"engine-event handlers: {len(walls)}, 95th percentile {p95:.1f} ms")
+    assert p95 < 100  # the typical main-thread cost of an engine event
+    # A shared VM stalls even an idle Qt timer (600 ms was seen on our CI machine). The plugin may not
+    # stall the UI beyond what the idle machine does by itself; on a quiet machine this is 100 ms.
+    budget = max(100.0, 1.5 * idle_stall)
+    assert handler < budget and stall < budget

@@ -350,6 +350,9 @@ class Controller(QObject):
         self._launch(TrainingJob(make_engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
 
     def _launch(self, job: TrainingJob, total: int) -> None:
+        # Create the review layers now, while the user expects a moment's wait: their first creation
+        # costs napari imports and widgets, which must not land in the middle of a run.
+        self.review.ensure_layers()
         self.job = job
         job.event.connect(self._on_job_event)
         job.done.connect(self._on_job_done)

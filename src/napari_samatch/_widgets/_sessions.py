@@ -8,6 +8,7 @@ when it ends. The arrays are copied on the main thread (fast) and written by a w
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ class SessionManager(QObject):
         self.checkpoint_path: Path | None = None
         self.settings: dict[str, Any] = {}  # the Train dock's settings (kept current by the dock)
         self._saving = False
+        self._write_lock = threading.Lock()  # a blocking save and an autosave worker never interleave
         self._again = False
         self._labels_hash: str | None = None
         self.last_saved = 0.0
@@ -122,7 +124,7 @@ class SessionManager(QObject):
         """Save into ``folder`` (default: the current session folder) in a worker; ``block`` waits."""
         if folder is not None:
             self.set_folder(folder)
-        if self._saving:
+        if self._saving and not block:
             self._again = True
             return
         try:
@@ -134,8 +136,10 @@ class SessionManager(QObject):
         # set_data events (undo, redraws) mark the labels dirty without knowing; the worker compares hashes
         skip_if = self._labels_hash if (self.dirty <= {"labels"} and not force_write(folder, block)) else None
         self.dirty.clear()
-        if block:
+        if block:  # an autosave may be in flight: _write serialises on the lock, and it keeps its flag
+            in_flight = self._saving
             self._done(self._write(target, state, ckpt, skip_if))
+            self._saving = in_flight
             return
         self._saving = True
         worker = create_worker(self._write, target, state, ckpt, skip_if, _start_thread=False)
@@ -144,6 +148,10 @@ class SessionManager(QObject):
 
     def _write(self, folder: Path, state: SessionState, ckpt: Path | None, skip_if: str | None) -> dict:
         """Worker thread: write the session, unless only the labels were flagged and they are unchanged."""
+        with self._write_lock:
+            return self._write_locked(folder, state, ckpt, skip_if)
+
+    def _write_locked(self, folder: Path, state: SessionState, ckpt: Path | None, skip_if: str | None) -> dict:
         try:
             labels_hash = sha256_bytes(state.labels.tobytes()) if state.labels is not None else None
             if skip_if is not None and labels_hash == skip_if and (Path(folder) / "session.json").is_file():

@@ -35,13 +35,25 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA (no loss scaling needed); plain float32 elsewhere.
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs bf16 convs fast."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
-    On CPU, bf16 autocast is slower than float32 for these small convolutions, so it stays off.
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (AMX / AVX512-BF16); float32 elsewhere.
+
+    bf16 needs no loss scaling. On this project's AMX CPU it cut a UNet forward+backward of 8 slices at
+    256 x 256 from 4.4 s to 2.7 s (2 threads); on CPUs without native bf16 it would be slower, so it stays off.
+    Callers cast logits back to float32 before the losses.
     """
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and cpu_has_fast_bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

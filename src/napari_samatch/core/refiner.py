@@ -54,7 +54,10 @@ class Refiner:
         if self.trains_encoder:
             return self.sam.encode(images)
         lookup = {k: i for i, k in enumerate(keys)}
-        return self.cache.embed(list(keys), lambda ks: images[[lookup[k] for k in ks]], self.sam, self.device)
+        # On a CPU, batching the encoder buys no speed but multiplies its ~0.6 GB of activations per slice.
+        batch = 16 if self.device.type == "cuda" else 2
+        return self.cache.embed(list(keys), lambda ks: images[[lookup[k] for k in ks]], self.sam, self.device,
+                                batch_size=batch)
 
     def decode(self, emb: torch.Tensor, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
         if len(prompts) == 0:
