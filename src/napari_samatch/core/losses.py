@@ -8,7 +8,6 @@ and a batch with no valid pixel gives a loss of 0 (with a gradient of 0), never 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
