@@ -59,7 +59,11 @@ def test_sample_labeled_slices():
 
 def test_fast():
     make_cardiac_phantom()  # warm imports
-    t = time.process_time()  # CPU time: stable on a machine shared with other jobs
-    make_cardiac_phantom(seed=7)
-    # Target < 0.5 s (about 0.04 s measured on a free core); double that so busy CI machines don't flake.
-    assert time.process_time() - t < 1.0
+    times = []
+    for seed in (7, 8, 9):
+        t = time.process_time()
+        make_cardiac_phantom(seed=seed)
+        times.append(time.process_time() - t)
+    # About 0.04 s on a free core. The fastest of three, with a wide bound: a hypervisor's stalls on a
+    # shared VM are charged to the process as CPU time (1.06 s was seen once on the CI machine).
+    assert min(times) < 1.0
