@@ -152,6 +152,23 @@ def test_match_fallback_and_disagreement():
     assert torch.allclose(conf[0, 8, 8], torch.tensor(0.9))
 
 
+def test_unprompted_class_keeps_its_pixels_under_another_mask():
+    # only the myocardium got a box; SAM answers with the filled disk. The Match model's LV inside it
+    # had no prompt, so SAM cannot speak for it: the LV keeps its pixels and the ring stays a ring.
+    h = w = 48
+    outer, inner = disk(h, w, 24, 24, 14), disk(h, w, 24, 24, 8)
+    mp = torch.zeros(1, 4, h, w)
+    mp[0, 0] = (~outer).float()
+    mp[0, 2] = (outer & ~inner).float() * 0.9
+    mp[0, 3] = inner.float() * 0.6
+    mp[0, 0] += (outer & ~inner).float() * 0.1 + inner.float() * 0.4
+    logits = torch.where(outer, 6.0, -6.0).unsqueeze(0)
+    lab, conf = fuse(logits, make_prompts([0], [2], size=(h, w)), 4, match_probs=mp)
+    assert torch.equal(lab[0] == 3, inner)
+    assert torch.equal(lab[0] == 2, outer & ~inner)
+    assert torch.allclose(conf[0][inner], torch.tensor(0.6))  # the Match model's own confidence
+
+
 def test_shape_errors():
     pr = make_prompts([0], [1])
     with pytest.raises(DataError):

@@ -28,7 +28,7 @@ ADVANCED = [
     ("sam_mode", "SAM fine-tuning", "c", ("decoder", "full"), None, None),
     ("lr", "Learning rate", "f", 1e-5, 1.0, 0.001),
     ("sam_lr", "SAM learning rate", "f", 1e-6, 1.0, 1e-5),
-    ("prompt_thresh", "Prompt confidence", "f", 0.05, 0.99, 0.05),
+    ("prompt_thresh", "Prompt confidence (0 = argmax)", "f", 0.0, 0.99, 0.05),
     ("conf_thresh", "Loss confidence", "f", 0.05, 0.99, 0.01),
     ("bbox_shift", "Box margin (px)", "i", 0, 64, 1),
     ("points", "Positive points", "i", 0, 8, 1),

@@ -51,11 +51,15 @@ class RunConfig:
     # without gradients: SAM's decoder backward dominates a joint step on a CPU
     sam_every: int = 1
     conf_thresh: float = 0.95
-    prompt_thresh: float = 0.7
+    # 0 = prompts from the Match model's argmax, as the paper. A higher threshold starves an early,
+    # unconfident model of prompts (measured on the phantom: 0.7 left RV and LV without any box).
+    prompt_thresh: float = 0.0
     bbox_shift: int = 5
     components: str = "largest"
-    points: int = 1
-    negative_points: int = 1
+    # boxes only by default: points made the masks worse with both ground-truth and predicted boxes
+    # (docs/benchmarks.md, "What SAM's refinement needs")
+    points: int = 0
+    negative_points: int = 0
     nested_fusion: bool = True
     # multiply SAM's confidence by its own IoU prediction (off: LiteMedSAM's IoU head rarely exceeds 0.9,
     # which would push every pixel under the 0.95 loss threshold)
@@ -96,7 +100,7 @@ class RunConfig:
         need(isinstance(self.sam_every, int) and self.sam_every >= 1, "sam_every", "use a whole number >= 1")
         need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
         need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
-        need(0 < self.prompt_thresh < 1, "prompt_thresh", "use a probability in (0, 1)")
+        need(0 <= self.prompt_thresh < 1, "prompt_thresh", "use a probability in [0, 1) (0 = the argmax)")
         need(0 <= self.bbox_shift <= 64, "bbox_shift", "use 0..64 pixels")
         need(self.components in ("largest", "all"), "components", "choose largest or all")
         need(0 <= self.points <= 8, "points", "use 0..8 points per prompt")

@@ -15,10 +15,11 @@ The rule, in plain words:
    * ``nested=False``: the class with the highest probability wins.
    Ties go to the lower class index.
 5. A pixel with no candidate is background.
-6. With ``match_probs`` (the Match model's softmax, B x C x H x W): where SAM left background and the
-   Match model's argmax is a class that had **no prompt** in that image, the pixel takes the Match
-   label - SAM could not speak for that class, so the Match model's own opinion is kept (its low
-   confidence then keeps it out of a thresholded loss). A prompted class is never overruled.
+6. With ``match_probs`` (the Match model's softmax, B x C x H x W): where the Match model's argmax is a
+   foreground class that had **no prompt** in that image, the pixel keeps the Match label, even under
+   another class's SAM mask. SAM could not speak for that class; without this rule a lone myocardium
+   box (whose mask is the filled disk) would swallow an LV that was too small to be prompted. The
+   Match label's own (low) confidence then keeps such pixels out of a thresholded loss.
 
 Confidence (in [0, 1]): the winning class's probability (times the winning prompt's IoU prediction
 when ``iou_pred`` is given); for background ``1 - max_c p_c`` over the prompted classes; for a fallback
@@ -123,7 +124,7 @@ def fuse(
         m_conf, m_arg = mp.max(dim=1)
         unprompted = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=dev),
                                 ~prompted.view(b, cf)], dim=1)  # (B, C); background counts as prompted
-        fallback = ~any_fg & unprompted.gather(1, m_arg.flatten(1)).view(b, h, w)
+        fallback = unprompted.gather(1, m_arg.flatten(1)).view(b, h, w)
         labels = torch.where(fallback, m_arg, labels)
         conf = torch.where(fallback, m_conf, conf)
         conf = torch.where(m_arg != labels, conf * disagreement_scale, conf)
