@@ -24,9 +24,10 @@ from ..core import events as ev
 from ..core.config import RunConfig
 from ..core.errors import DataError, SamatchError
 from ..core.slices import SliceSet, default_class_names
-from ..core.volume import Volume, to_single_channel
+from ..core.volume import Volume
 from ._layers import slice_shape
 from ._runner import TrainingJob
+from ._slicing import build_slices, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
 _CONTROLLERS: dict[int, "Controller"] = {}
@@ -251,40 +252,13 @@ class Controller(QObject):
     # ------------------------------------------------------------------ data for the engine
     def volume(self) -> Volume:
         """A snapshot of the chosen image and labels (labels copied, so painting may go on)."""
-        img = self.image_layer
-        if img is None:
-            raise DataError("Choose an image layer in the Data dock first (File > Open, or the sample).")
-        if self.labels_layer is None:
-            raise DataError("Choose or create a labels layer in the Data dock, then paint a few slices.")
-        image = to_single_channel(np.asarray(img.data), rgb=bool(img.rgb))
-        if image.ndim not in (2, 3):
-            raise DataError(f"Image '{img.name}' has {image.ndim} dimensions; choose a 2D or 3D image layer.")
-        md = img.metadata
-        spacing = md.get("spacing") or tuple(float(s) for s in img.scale)[-image.ndim:]
-        return Volume(image, np.array(self.labels_layer.data, copy=True), tuple(float(s) for s in spacing),
-                      md.get("affine"), name=img.name, source=md.get("source") or _layer_source(img),
-                      metadata={"class_names": self.effective_class_names(),
-                                **({"nifti_codes": md["nifti_codes"]} if "nifti_codes" in md else {})})
+        return volume_from_layers(self.image_layer, self.labels_layer, self.effective_class_names())
 
     def held_out(self, labeled: list[int]) -> list[int]:
-        """Labeled slices kept for validation: ``val_slices`` of them, evenly spread, never all."""
-        k = min(self.val_slices, len(labeled) - 1)
-        if k <= 0:
-            return []
-        picks = np.linspace(0, len(labeled) - 1, k + 2)[1:-1].round().astype(int)
-        return sorted({labeled[i] for i in picks})
+        return held_out(labeled, self.val_slices)
 
     def build_slices(self, vol: Volume, labeled: list[int], held: list[int]) -> tuple[SliceSet, SliceSet | None]:
-        """Training slices (held-out ones unlabeled, their labels hidden) and the validation set."""
-        names = self.effective_class_names()
-        train = [i for i in labeled if i not in set(held)]
-        data = SliceSet.from_volume(vol, axis=self.axis, labeled=train, num_classes=len(names), class_names=names)
-        if not held:
-            return data, None
-        full = SliceSet.from_volume(vol, axis=self.axis, labeled=labeled, num_classes=len(names), class_names=names)
-        for i in held:
-            data.hidden[i] = full.labels[i]  # lets the engine also score the pseudo-labels of these slices
-        return data, full.subset(held)
+        return build_slices(vol, self.axis, labeled, held, self.effective_class_names())
 
     # ------------------------------------------------------------------ training
     def start(self, config: RunConfig, fresh: bool = True) -> bool:
@@ -422,12 +396,6 @@ class Controller(QObject):
     def wait_idle_blocking(self) -> None:  # used on close: stop and let the worker end
         if self.job is not None:
             self.job.stop()
-
-
-def _layer_source(layer) -> str | None:
-    src = getattr(layer, "source", None)
-    path = getattr(src, "path", None)
-    return str(path) if path else None
 
 
 __all__ = ["Controller", "get_controller", "unwrap"]

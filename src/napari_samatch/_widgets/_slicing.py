@@ -1,0 +1,62 @@
+"""From napari layers to the engine's input: a volume snapshot, held-out slices, the slice sets.
+
+Plain functions of layer data, kept apart from the controller so they read (and test) on their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..core.errors import DataError
+from ..core.slices import SliceSet
+from ..core.volume import Volume, to_single_channel
+
+
+def volume_from_layers(image_layer: Any, labels_layer: Any, class_names: Sequence[str]) -> Volume:
+    """A snapshot of the image and labels layers (labels copied, so painting may go on)."""
+    if image_layer is None:
+        raise DataError("Choose an image layer in the Data dock first (File > Open, or the sample).")
+    if labels_layer is None:
+        raise DataError("Choose or create a labels layer in the Data dock, then paint a few slices.")
+    image = to_single_channel(np.asarray(image_layer.data), rgb=bool(image_layer.rgb))
+    if image.ndim not in (2, 3):
+        raise DataError(f"Image '{image_layer.name}' has {image.ndim} dimensions; "
+                        "choose a 2D or 3D image layer.")
+    md = image_layer.metadata
+    spacing = md.get("spacing") or tuple(float(s) for s in image_layer.scale)[-image.ndim:]
+    return Volume(image, np.array(labels_layer.data, copy=True), tuple(float(s) for s in spacing),
+                  md.get("affine"), name=image_layer.name, source=md.get("source") or layer_source(image_layer),
+                  metadata={"class_names": list(class_names),
+                            **({"nifti_codes": md["nifti_codes"]} if "nifti_codes" in md else {})})
+
+
+def held_out(labeled: Sequence[int], val_slices: int) -> list[int]:
+    """Labeled slices kept for validation: ``val_slices`` of them, evenly spread, never all."""
+    k = min(val_slices, len(labeled) - 1)
+    if k <= 0:
+        return []
+    picks = np.linspace(0, len(labeled) - 1, k + 2)[1:-1].round().astype(int)
+    return sorted({labeled[i] for i in picks})
+
+
+def build_slices(vol: Volume, axis: int, labeled: Sequence[int], held: Sequence[int],
+                 class_names: Sequence[str]) -> tuple[SliceSet, SliceSet | None]:
+    """Training slices (held-out ones unlabeled, their labels hidden) and the validation set."""
+    names = list(class_names)
+    held_set = set(held)
+    train = [i for i in labeled if i not in held_set]
+    data = SliceSet.from_volume(vol, axis=axis, labeled=train, num_classes=len(names), class_names=names)
+    if not held:
+        return data, None
+    full = SliceSet.from_volume(vol, axis=axis, labeled=list(labeled), num_classes=len(names), class_names=names)
+    for i in held:
+        data.hidden[i] = full.labels[i]  # lets the engine also score the pseudo-labels of these slices
+    return data, full.subset(list(held))
+
+
+def layer_source(layer: Any) -> str | None:
+    """The file a layer was opened from, if napari knows it."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return str(path) if path else None
