@@ -149,7 +149,7 @@ def _read_nifti(path: Path, as_labels: bool):
                         f"but the file holds far fewer. Supported formats: {SUPPORTED}.")
     data = np.asanyarray(img.dataobj).reshape(shape)
     if not as_labels:
-        data = data.astype(np.float32, copy=False)
+        data = to_single_channel(data, rgb=False, who=f"'{path.name}'")
     n = data.ndim
     arr = np.ascontiguousarray(data.transpose(tuple(range(n))[::-1]))
     zooms = tuple(float(z) for z in img.header.get_zooms()[:n])
@@ -180,7 +180,7 @@ def _read_tiff(path: Path, as_labels: bool):
     if axes.endswith("S") and data.shape[-1] in (3, 4):
         data = to_single_channel(data, rgb=True) if not as_labels else mask_from_colour(data, path.name)
     elif not as_labels:
-        data = data.astype(np.float32, copy=False)
+        data = to_single_channel(data, rgb=False, who=f"'{path.name}'")
     if data.ndim > 3:
         raise DataError(
             f"'{path.name}' has {data.ndim} dimensions (axes {axes}, shape {data.shape}); "
@@ -214,7 +214,7 @@ def _read_h5(path: Path, as_labels: bool):
         labels = coerce_labels(f["label"][()], f"'label' in {path.name}") if "label" in f else None
         spacing = tuple(float(s) for s in f.attrs["spacing"]) if "spacing" in f.attrs else None
     if image is not None:
-        image = to_single_channel(image, rgb=False)
+        image = to_single_channel(image, rgb=False, who=f"The 'image' in '{path.name}'")
     return image, labels, spacing, None, {}
 
 

@@ -18,7 +18,20 @@ from .errors import DataError
 BT601_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def to_single_channel(arr: np.ndarray, rgb: bool | None = None) -> np.ndarray:
+def check_image_dtype(arr: np.ndarray, who: str = "The image") -> None:
+    """Refuse pixel types that a float32 cast would silently mangle: complex, boolean, text, objects."""
+    kind = np.asarray(arr).dtype.kind
+    if kind == "c":
+        raise DataError(f"{who} is complex-valued; save its magnitude instead (e.g. np.abs(image)) and open that.")
+    if kind == "b":
+        raise DataError(f"{who} is boolean (true/false), which looks like a mask; open it as labels, or save the "
+                        "image with a number type (e.g. image.astype(np.float32)).")
+    if kind not in "iuf":
+        raise DataError(f"{who} has dtype {np.asarray(arr).dtype}, not numbers; save the image with a number type "
+                        "(e.g. float32).")
+
+
+def to_single_channel(arr: np.ndarray, rgb: bool | None = None, who: str = "The image") -> np.ndarray:
     """Return a single-channel float32 image; colour images become their luminance.
 
     An array whose last axis has length 3 (RGB) or 4 (RGBA) and that has 3 or 4 dimensions is
@@ -26,9 +39,11 @@ def to_single_channel(arr: np.ndarray, rgb: bool | None = None) -> np.ndarray:
     Colour is reduced to luminance with the ITU-R BT.601 weights
     ``Y = 0.299 R + 0.587 G + 0.114 B``; an alpha channel is dropped, not multiplied in. Grayscale
     images stored as RGB (R = G = B, e.g. BUSI ultrasound) therefore keep their exact values.
-    Other arrays are only cast to float32.
+    Other arrays are only cast to float32. Complex, boolean and non-numeric arrays raise ``DataError``
+    (``who`` names the image in the message).
     """
     arr = np.asarray(arr)
+    check_image_dtype(arr, who)
     if rgb is None:
         rgb = arr.ndim in (3, 4) and arr.shape[-1] in (3, 4)
     if not rgb:

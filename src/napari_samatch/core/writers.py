@@ -35,6 +35,9 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
 def _atomic(targets: list[Path]) -> Iterator[list[Path]]:
     """Yield temporary paths (same folder, same extension) that replace ``targets`` only on success."""
     for t in targets:
+        blocker = next((p for p in (t.parent, *t.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StorageError(f"Cannot write '{t}': '{blocker}' is a file, not a folder; choose another folder.")
         if not t.parent.is_dir():
             raise StorageError(f"Cannot write '{t}': the folder '{t.parent}' does not exist; create it first.")
     temps: list[Path] = []
@@ -130,6 +133,9 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
     slices = arr[None] if arr.ndim == 2 else arr
     if is_dir_target:
         if not path.exists():
+            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise StorageError(f"Cannot write '{path}': '{blocker}' is a file, not a folder; choose another folder.")
             try:
                 path.mkdir()
             except OSError as exc:
