@@ -80,10 +80,13 @@ class SliceSet:
             )
         if self.num_classes < 2:
             raise DataError(f"At least 2 classes (background + one) are needed, got {self.num_classes}.")
+        present: set[int] = set()  # the smallest and largest class over the labeled slices
         for kind, arrs in (("label", self.labels), ("hidden label", self.hidden)):
             for i, lab in enumerate(arrs):
                 if lab is None:
                     continue
+                if kind == "label" and lab.size:
+                    present.update((int(lab.min()), int(lab.max())))
                 if lab.shape != self.images[i].shape:
                     raise DataError(f"The {kind} of slice {self.ids[i]} has shape {lab.shape} but its image "
                                     f"{self.images[i].shape}; they must match.")
@@ -94,6 +97,12 @@ class SliceSet:
                         f"Slice {self.ids[i]} has a {kind} {int(lab.max())} but only {self.num_classes} classes "
                         f"(0..{self.num_classes - 1}) are configured; add a class name or repaint it."
                     )
+        if len(present) == 1 and 0 not in present:  # e.g. a whole slice filled with one class
+            raise DataError(
+                f"The labeled slices hold only class {present.pop()}, with no background (0); training needs at "
+                "least two classes. Leave (or paint) background around the structure, or check that the right "
+                "mask file was chosen."
+            )
         return self
 
     # ------------------------------------------------------------------------------- tensors
@@ -122,9 +131,10 @@ class SliceSet:
 
         ``labeled`` overrides which slices count as labeled (a listed slice may be all background).
         """
-        images, labels = volume.as_3d(axis)
-        if labels is None:
+        if volume.labels is None:
             raise DataError(f"'{volume.name}' has no labels layer. Paint at least one slice, then start again.")
+        volume.validate()  # shapes, dtypes, NaN/Inf, negative labels: before normalising hides them
+        images, labels = volume.as_3d(axis)
         chosen = sorted(set(int(i) for i in (volume.labeled_slices(axis) if labeled is None else labeled)))
         for i in chosen:
             if not 0 <= i < len(images):
@@ -162,7 +172,7 @@ class SliceSet:
         images, labels, hidden, ids, groups, positions = [], [], [], [], [], []
         top = 0
         for k, vol in enumerate(volumes):
-            ims, labs = vol.as_3d(axis)
+            ims, labs = vol.validate().as_3d(axis)
             use = labs is not None and (keep is None or k in keep)
             for i in range(len(ims)):
                 lab = None if labs is None else np.ascontiguousarray(labs[i])
