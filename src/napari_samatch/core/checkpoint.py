@@ -14,7 +14,9 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder. Choose another folder.") from exc
         raise StorageError(f"Cannot write to {path.parent} ({exc.strerror}). Choose a folder you can write to.") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -51,6 +56,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
@@ -58,14 +64,51 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise StorageError(f"Could not write {path} ({exc.strerror}). Choose a folder you can write to.") from exc
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after it keeps the new name); no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _sidecar(path: str | Path) -> Path:
+    return Path(str(path) + ".sha256")
+
+
+def recorded_hashes(path: str | Path) -> list[str]:
+    """The SHA-256 values the sidecar accepts for ``path`` (empty when there is no sidecar)."""
+    try:
+        return [line.strip() for line in _sidecar(path).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
-    """Save ``payload`` (plain types and tensors) atomically; returns the SHA-256 of the file."""
+    """Save ``payload`` (plain types and tensors) atomically; returns the SHA-256 of the file.
+
+    The checkpoint and its sidecar cannot be replaced in one step, so the sidecar first lists the new
+    hash *and* the hash of the file still in place, then the checkpoint is replaced, then the sidecar
+    is rewritten with the new hash alone. A process killed at any moment leaves a checkpoint whose hash
+    the sidecar lists.
+    """
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
     digest = sha256_bytes(data)
+    path = Path(path)
+    # all listed hashes: a save killed mid-way may have left the sidecar listing two
+    old = [h for h in recorded_hashes(path) if h != digest] if path.is_file() else []
+    if old:
+        atomic_write_bytes(_sidecar(path), "".join(h + "\n" for h in [digest, *old]).encode())
     atomic_write_bytes(path, data)
-    atomic_write_bytes(Path(str(path) + ".sha256"), (digest + "\n").encode())
+    atomic_write_bytes(_sidecar(path), (digest + "\n").encode())
     return digest
 
 
@@ -75,10 +118,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train a model first.")
     data = path.read_bytes()
-    sidecar = Path(str(path) + ".sha256")
-    if sidecar.is_file():
-        expected = sidecar.read_text().strip()
-        if expected and expected != sha256_bytes(data):
+    if _sidecar(path).is_file():
+        expected = recorded_hashes(path)
+        if expected and sha256_bytes(data) not in expected:
             raise CheckpointError(
                 f"Checkpoint {path} does not match its recorded hash: the file is truncated or was changed. "
                 "Use an earlier checkpoint or the backup copy."
@@ -91,14 +133,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+_GLOBAL_RE = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
+
+
 def load_weights_only(source: Any, name: str, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load(weights_only=True)`` with the failures turned into sentences."""
+    """``torch.load(weights_only=True)`` with the failures turned into sentences.
+
+    A pickle that names a Python callable (``os.system``, a class) is refused and the callable named; any
+    other pickle failure means the bytes are corrupt *or* a pickle format the safe loader does not read
+    (e.g. a protocol-4 pickle of objects), and the message says both, since the two cannot be told apart
+    without running the file.
+    """
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": our message says it better
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = _GLOBAL_RE.search(str(exc))
+        if found:
+            raise CheckpointError(
+                f"{name} was refused: it asks to run {found.group(1)} when loaded, so it is not a plain weights "
+                "file. Only load checkpoints from people you trust, re-saved as a state_dict."
+            ) from None
         raise CheckpointError(
-            f"{name} was refused: it is not a plain weights file (it asks to run code when loaded). "
-            "Only load checkpoints from people you trust, re-saved as a state_dict."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{name} could not be read as a PyTorch checkpoint ({exc}). The file may be truncated.") from exc
+            f"{name} was refused: it is corrupt, or a pickle of Python objects rather than plain weights (which "
+            "could run code when loaded). Use a checkpoint saved by napari-samatch, or copy the file again."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{name} could not be read as a PyTorch checkpoint ({detail}); the file is truncated "
+                              "or corrupt. Use an earlier checkpoint or copy the file again.") from None
+
+
+def check_state_fits(model: torch.nn.Module, state: Any, name: str, what: str, fix: str) -> None:
+    """Load ``state`` strictly into ``model``; a key or shape mismatch is one CheckpointError sentence."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{name} holds no {what} weights (a mapping of names to tensors). {fix}")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+
+    def few(items: list[str], n: int = 3) -> str:
+        return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+    problems = [f"{len(items)} {label} ({few(items)})" for label, items in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+    if problems:
+        raise CheckpointError(f"{name} does not fit the {what} architecture: {'; '.join(problems)}. {fix}")
+    model.load_state_dict(state, strict=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
 from .errors import CheckpointError
 from .models.unet import UNet
@@ -37,8 +37,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UN
     state = payload.get("unet_best") or payload.get("unet")
     if state is None:
         raise CheckpointError(f"{path} holds no Match model. Export one with 'napari-samatch train --out'.")
-    try:
-        unet.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"The Match model in {path} does not fit ({str(exc)[:200]}).") from exc
+    check_state_fits(unet, state, f"The Match model in {path}", f"{config.num_classes}-class UNet",
+                     "The file was changed or made by another version; export the model again.")
     return unet.to(device).eval(), config

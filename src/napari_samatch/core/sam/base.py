@@ -13,7 +13,7 @@ upsampled back to the training frame.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import pickle
 import re
 from pathlib import Path
@@ -197,15 +197,16 @@ class SamBackend(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write ``{"model": state_dict, "samatch": metadata}``; loadable with weights_only=True."""
+        from ..checkpoint import atomic_write_bytes
+
         path = Path(path)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            torch.save({"model": state, "samatch": self.metadata()}, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise StorageError(f"Could not write the SAM checkpoint {path} ({exc.strerror or exc}). "
-                               "Check that the folder exists and is writable.") from exc
+        buffer = io.BytesIO()
+        torch.save({"model": state, "samatch": self.metadata()}, buffer)
+        try:  # temp file + fsync + rename: a failure leaves no half-written file
+            atomic_write_bytes(path, buffer.getvalue())
+        except StorageError as exc:
+            raise StorageError(f"Could not write the SAM checkpoint {path}: {exc}") from exc
         return path
 
     def fingerprint(self, part: str = "all") -> str:
@@ -267,26 +268,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     return dict(obj), meta
 
 
-def _few(items: list[str], n: int = 3) -> str:
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
-
-
 def load_checked(model: nn.Module, state: dict[str, Tensor], path: str | Path, what: str) -> None:
     """Load ``state`` strictly into ``model``; a key or shape mismatch is a CheckpointError naming keys."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys ({_few(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys ({_few(unexpected)})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatches ({_few(shapes)})")
-    if problems:
-        raise CheckpointError(f"SAM checkpoint {path} does not fit the {what} architecture: "
-                              f"{'; '.join(problems)}. Pick the backend/model type that matches the file.")
-    model.load_state_dict(state, strict=True)
+    from ..checkpoint import check_state_fits
+
+    check_state_fits(model, state, f"SAM checkpoint {path}", what,
+                     "Pick the backend/model type that matches the file.")
