@@ -10,6 +10,11 @@ Each stage is optional (0 iterations). The engine owns the models, the optimiser
 cache; it never draws anything. Between steps it checks the pause/stop flags, so a stop is honoured
 within one step and always leaves a checkpoint. ``run`` may be called again after the user labeled
 more slices: that is a new *round*, continuing from the current models.
+
+Under ``torchrun`` (see :mod:`.distributed`) every rank runs this same loop: the Match model is wrapped
+in DistributedDataParallel, each rank trains on its own share of a global batch of
+``world_size x batch_labeled`` labeled and ``world_size x batch_unlabeled`` unlabeled slices, SAM's
+gradients are averaged over ranks, and only rank 0 validates, emits events and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from . import events as ev
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
@@ -54,12 +60,16 @@ class Engine:
         self.config = config
         self.data = data
         set_threads(config.threads)
-        self.device = select_device(config.device)
+        self.device = distributed.local_device(select_device(config.device))
         if self.device.type == "cpu":
             tune_cpu_allocator()
         torch.manual_seed(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.unet = UNet(1, config.num_classes).to(self.device)
+        # rank_gen: augmentation and unlabeled sampling, one stream per rank (``gen`` itself when alone);
+        # ``gen`` draws the labeled global batch, identically on every rank.
+        self.rank_gen = distributed.rank_generator(config.seed) or self.gen
+        self.train_unet = distributed.wrap_ddp(self.unet, self.device)  # the UNet itself when alone
         self._sam = sam
         self._refiner: Refiner | None = None
         self.opt_unet = torch.optim.SGD(self.unet.parameters(), lr=config.lr, momentum=config.momentum,
@@ -75,7 +85,7 @@ class Engine:
         self.lock = threading.RLock()  # guards the models against the GUI's refine calls
         self._preview_request: list[int] | None = None
         self._load_tensors()
-        self.validator = Validator(self, val) if val is not None else None
+        self.validator = Validator(self, val) if val is not None and distributed.is_main() else None
 
     # ----------------------------------------------------------------- data
     def _load_tensors(self) -> None:
@@ -121,6 +131,7 @@ class Engine:
         if self.opt_sam is None:
             params = [p for p in self.sam.trainable_parameters(self.config.sam_mode) if p.requires_grad]
             self.opt_sam = torch.optim.AdamW(params, lr=self.config.sam_lr, weight_decay=1e-4)
+            distributed.broadcast_tensors(params)  # every rank starts SAM from rank 0's weights
         return self.opt_sam
 
     def _uses_sam(self) -> bool:
@@ -176,7 +187,7 @@ class Engine:
         state = {"stage": "", "iter": 0, "n": 0, "global": done_before}
 
         def emit(kind: str, message: str = "", data: dict | None = None) -> None:
-            if on_event is None:
+            if on_event is None or not distributed.is_main():
                 return
             recent = step_times[-20:]
             eta = (total - state["global"]) * (sum(recent) / len(recent)) if recent else None
@@ -192,6 +203,7 @@ class Engine:
                     self._run_stage(name, n, emit, state, step_times, ckpt_dir)
                 self.stage_index += 1
                 self.stage_iter = 0
+            distributed.broadcast_buffers(self.unet)  # all ranks end equal to what rank 0 saves
             summary = self.summary(time_s=sum(step_times))
             if ckpt_dir:
                 path = self.save(ckpt_dir / "last.pt")
@@ -221,6 +233,7 @@ class Engine:
                     sched_sam.step(self.stage_iter)
                 logs = self.step(name)
             step_times.append(time.perf_counter() - t0)
+            logs = distributed.mean_logs(logs)
             self.stage_iter += 1
             state["iter"] = self.stage_iter
             state["global"] += 1
@@ -237,37 +250,44 @@ class Engine:
                 path = self.save(ckpt_dir / "last.pt")
                 emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
 
-    def _sample(self, pool: torch.Tensor, k: int) -> torch.Tensor:
-        pick = torch.randint(len(pool), (k,), generator=self.gen)
+    def _sample(self, pool: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
+        pick = torch.randint(len(pool), (k,), generator=gen or self.gen)
         return pool[pick.to(pool.device)]
+
+    def _sam_params(self) -> list[torch.Tensor]:
+        return [p for g in self.opt_sam.param_groups for p in g["params"]] if self.opt_sam else []
 
     def step(self, stage: str) -> dict[str, float]:
         """One optimisation step of the given stage; returns the losses as floats."""
         c = self.config
         amp = autocast(self.device, c.amp)
-        ix = self._sample(self.labeled_idx, c.batch_labeled)
+        # Labeled: every rank draws the same global batch and keeps its share, so N ranks see exactly
+        # the slices one process would with an N times larger batch. Unlabeled (the many slices SAM
+        # encodes): each rank draws from its own strided part, so its embedding cache holds ~1/N of them.
+        ix = distributed.shard(self._sample(self.labeled_idx, c.batch_labeled * distributed.world_size()))
         x, y = self.images[ix], self.labels[ix]
         method = c.warmup_method if stage == "warmup" else c.method
         if stage == "sam":
             self.sam.train()
-            loss = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
+            loss = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.rank_gen)
             self.opt_sam.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
             return {"loss": loss.item(), "loss_sam_x": loss.item()}
 
-        self.unet.train()
+        self.train_unet.train()
         if method == "supervised" or len(self.unlabeled_idx) == 0:
-            loss, logs = supervised_step(self.unet, x, y, self.gen, amp)
+            loss, logs = supervised_step(self.train_unet, x, y, self.rank_gen, amp)
             self.opt_unet.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_unet.step()
             return logs
 
-        iu = self._sample(self.unlabeled_idx, c.batch_unlabeled)
+        iu = self._sample(distributed.strided(self.unlabeled_idx), c.batch_unlabeled, self.rank_gen)
         u = self.images[iu]
         if method == "unimatch":
-            loss, logs = unimatch_step(self.unet, x, y, u, self.gen, c.conf_thresh, amp=amp)
+            loss, logs = unimatch_step(self.train_unet, x, y, u, self.rank_gen, c.conf_thresh, amp=amp)
             self.opt_unet.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_unet.step()
@@ -277,16 +297,18 @@ class Engine:
         train_sam = self.stage_iter % c.sam_every == 0
         self.sam.train(train_sam)
         pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight)
-        loss, logs = unimatch_step(self.unet, x, y, u, self.gen, c.conf_thresh, pseudo_fn=pseudo, amp=amp)
+        loss, logs = unimatch_step(self.train_unet, x, y, u, self.rank_gen, c.conf_thresh, pseudo_fn=pseudo,
+                                   amp=amp)
         self.opt_unet.zero_grad(set_to_none=True)
         if train_sam:
-            loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.gen)
+            loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.rank_gen)
             self.opt_sam.zero_grad(set_to_none=True)
             loss = loss + loss_sam_x
             logs["loss_sam_x"] = loss_sam_x.item()
-        loss.backward()
+        loss.backward()  # the one backward of the step: DDP all-reduces the UNet's gradients here
         self.opt_unet.step()
         if train_sam:
+            distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
         return logs
 
@@ -352,12 +374,18 @@ class Engine:
             payload["sam_fingerprint"] = self._sam.fingerprint()
             if self.opt_sam is not None:
                 payload["opt_sam"] = self.opt_sam.state_dict()
+        if distributed.active():  # a collective: every rank's own random streams, for an exact resume
+            payload["rank_rng"] = distributed.gather_rng(self.rank_gen)
         return payload
 
     def save(self, path: str | Path) -> Path:
+        """Write a checkpoint. Under torchrun every rank must call this (it gathers the ranks' random
+        streams); only rank 0 writes."""
         path = Path(path)
         with self.lock:
-            save_checkpoint(path, self.state_payload())
+            payload = self.state_payload()
+            if distributed.is_main():
+                save_checkpoint(path, payload)
         return path
 
     def load_state(self, payload: dict[str, Any]) -> None:
@@ -377,6 +405,8 @@ class Engine:
         self._best_state = payload.get("unet_best")
         self.gen.set_state(payload["gen_state"])
         torch.set_rng_state(payload["torch_rng"])
+        if distributed.active():
+            self.rank_gen = distributed.restore_rng(payload.get("rank_rng"), self.rank_gen, self.config.seed)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data: SliceSet, val: SliceSet | None = None,
