@@ -117,6 +117,14 @@ def _worker(rank: int, port: int, out: str) -> None:
         r.run()
         torch.save(snapshot(r.unet), out_dir / f"resumed_{rank}.pt")
 
+        # SAM's gradients (averaged by hand: DDP cannot wrap SAM): a mean where any rank has one, None
+        # where no rank has one
+        a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        a.grad = torch.full((2,), float(rank))
+        b.grad = torch.ones(2) if rank == 0 else None
+        distributed.average_gradients([a, b, c])
+        torch.save({"a": a.grad, "b": b.grad, "c": c.grad}, out_dir / f"grads_{rank}.pt")
+
         # 1. the deterministic supervised comparison
         make_deterministic()
         e = engine_mod.Engine(d, config(d, method="supervised"))
@@ -164,6 +172,14 @@ def test_ranks_hold_identical_weights_and_reduce_each_gradient_once(ranks):
     assert len(ckpt["rank_rng"]) == WORLD
     for k, v in r0["state"].items():
         assert torch.equal(ckpt["unet"][k], v), k
+
+
+def test_sam_gradients_are_averaged_over_ranks(ranks):
+    for r in range(WORLD):
+        g = torch.load(ranks / f"grads_{r}.pt", weights_only=True)
+        assert torch.equal(g["a"], torch.full((2,), 0.5))  # mean of 0 and 1
+        assert torch.equal(g["b"], torch.full((2,), 0.5))  # rank 1 had none: counts as zeros, as in DDP
+        assert g["c"] is None  # no rank had one: AdamW keeps skipping it
 
 
 def test_resumed_run_matches_the_uninterrupted_one(ranks):

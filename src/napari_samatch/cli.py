@@ -78,7 +78,19 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .core import datasets
+    """Alone, or as one rank under ``torchrun --nproc_per_node N`` (docs/cluster.md): every rank reads the
+    data and trains its share; rank 0 alone prints, checkpoints and exports."""
+    from .core import distributed
+
+    distributed.init_from_env()
+    try:
+        return _train(args, distributed.is_main())
+    finally:
+        distributed.cleanup()
+
+
+def _train(args: argparse.Namespace, main: bool) -> int:
+    from .core import datasets, distributed
     from .core.engine import Engine
     from .core.export import export_model
 
@@ -98,11 +110,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         engine = Engine.from_checkpoint(args.resume, data, val=val)
     else:
         engine = Engine(data, config, val=val)
-    print(f"{len(data.labeled_indices())} labeled and {len(data.unlabeled_indices())} unlabeled slices; "
-          f"method {config.method}; device {engine.device}", file=sys.stderr)
+    n = distributed.world_size()
+    ranks = f"; {n} processes, global batch {n} x ({engine.config.batch_labeled} + " \
+            f"{engine.config.batch_unlabeled})" if n > 1 else ""
+    if main:
+        print(f"{len(data.labeled_indices())} labeled and {len(data.unlabeled_indices())} unlabeled slices; "
+              f"method {engine.config.method}; device {engine.device}{ranks}", file=sys.stderr)
     t0 = time.perf_counter()
     summary = engine.run(_progress_printer(args.quiet), checkpoint_dir=out)
     summary["wall_s"] = time.perf_counter() - t0
+    if not main:
+        return 0
     export_model(engine, out / "model.pt")
     _write_json(out / "metrics.json", {"summary": summary, "history": engine.history, "config": config.to_dict()})
     print(f"Model written to {out / 'model.pt'}; metrics to {out / 'metrics.json'}")
