@@ -117,3 +117,73 @@ def test_dice_symmetric_bounded_and_hd95_nonnegative(pair, cls):
     hd = hd95(a, b, cls)
     assert np.isnan(hd) or hd >= 0
     assert hd95(a, a, cls) == 0.0
+
+
+# ------------------------------------------------------------------------------------ reader fuzz
+# Random bytes, and valid files with random bytes written over them or cut short, under every reader
+# extension: the reader must either return a valid Volume or raise DataError, never another exception,
+# and never take long (no hang on a header that claims a huge size).
+from pathlib import Path  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from napari_samatch.core.errors import DataError  # noqa: E402
+from napari_samatch.core.io import read_volume  # noqa: E402
+
+FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ_EXTS = (".nii", ".nii.gz", ".tif", ".h5", ".png")
+
+
+def _valid_bytes(ext: str) -> bytes:
+    import h5py
+    import nibabel as nib
+    import tifffile
+    from PIL import Image
+
+    img = np.random.default_rng(0).random((3, 12, 10)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"v{ext}"
+        if ext.startswith(".nii"):
+            nib.save(nib.Nifti1Image(img, np.eye(4)), str(p))
+        elif ext == ".tif":
+            tifffile.imwrite(p, img)
+        elif ext == ".h5":
+            with h5py.File(p, "w") as f:
+                f["image"] = img
+        else:
+            Image.fromarray((img[0] * 255).astype(np.uint8)).save(p)
+        return p.read_bytes()
+
+
+_VALID = {ext: _valid_bytes(ext) for ext in FUZZ_EXTS}
+
+
+def _read_clearly(ext: str, data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"fuzz{ext}"
+        p.write_bytes(data)
+        t0 = time.perf_counter()
+        try:
+            vol = read_volume(p)
+        except DataError as exc:
+            assert str(exc) and "\n" not in str(exc)
+        else:
+            assert vol.image.ndim in (2, 3) and np.isfinite(vol.image).all()
+        assert time.perf_counter() - t0 < 20, "a reader took more than 20 s on a small file"
+
+
+@FUZZ
+@given(ext=st.sampled_from(FUZZ_EXTS), data=st.binary(min_size=0, max_size=4096))
+def test_readers_on_random_bytes(ext, data):
+    _read_clearly(ext, data)
+
+
+@FUZZ
+@given(ext=st.sampled_from(FUZZ_EXTS), data=st.data())
+def test_readers_on_damaged_valid_files(ext, data):
+    raw = bytearray(_VALID[ext])
+    cut = data.draw(st.integers(0, len(raw)), label="cut")
+    for _ in range(data.draw(st.integers(0, 8), label="flips")):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    _read_clearly(ext, bytes(raw[:cut] if data.draw(st.booleans(), label="truncate") else raw))
