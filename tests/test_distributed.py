@@ -193,14 +193,17 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(ranks, monkeypat
     monkeypatch.setattr(engine_mod, "UNet", FixedNormUNet)
     monkeypatch.setattr(steps, "weak_labeled", lambda x, y, gen: (x, y))
     monkeypatch.setattr(steps, "supervised_loss", lambda logits, y: F.cross_entropy(logits, y))
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()  # the engines set 1 (config threads=1), like the ranks
     d = data()
-    start = engine_mod.Engine(d, config(d, method="supervised", joint_iters=0))
-    init = snapshot(start.unet)
-    single = engine_mod.Engine(d, config(d, method="supervised", batch_labeled=2 * WORLD))
-    single.run()
-    half = engine_mod.Engine(d, config(d, method="supervised", batch_labeled=2))  # what one rank alone does
-    half.run()
+    try:
+        start = engine_mod.Engine(d, config(d, method="supervised", joint_iters=0))
+        init = snapshot(start.unet)
+        single = engine_mod.Engine(d, config(d, method="supervised", batch_labeled=2 * WORLD))
+        single.run()
+        half = engine_mod.Engine(d, config(d, method="supervised", batch_labeled=2))  # one rank's share alone
+        half.run()
+    finally:
+        torch.set_num_threads(threads)
     ref, control = snapshot(single.unet), snapshot(half.unet)
     r0, r1 = (torch.load(ranks / f"det_{r}.pt", weights_only=True) for r in range(WORLD))
     gap, moved, wrong = max_diff(r0, ref), max_diff(init, ref), max_diff(control, ref)
