@@ -6,8 +6,7 @@ one ``napari-samatch: ...`` line on stderr, no traceback), that the message name
 fix (key words), and that the folder holds exactly what it held before the action: no half-written
 output, no temp file left behind.
 
-Rows marked xfail are failures found here whose fix belongs to a module this suite's author does not
-own; the reason says what the fix is.
+Every row passes; rows that once failed were fixed in the module where the input enters.
 """
 
 from __future__ import annotations
@@ -244,10 +243,7 @@ def _(tmp):
     return lambda: datasets.volume_with_labels(img, lab_path)
 
 
-@case("engine-checkpoint-wrong-architecture", CheckpointError, "does not fit", "other classes", xfail=(
-    "engine.py: Engine.load_state puts torch's multi-line load_state_dict error ('Error(s) in loading state_dict "
-    "for UNet:\\n\\tsize mismatch ...') into the message. Fix: load with checkpoint.check_state_fits(model, "
-    "state, name, what, fix), which names the mismatched keys in one sentence."))
+@case("engine-checkpoint-wrong-architecture", CheckpointError, "does not fit", "other classes")
 def _(tmp):
     from napari_samatch.core.engine import Engine
 
@@ -326,24 +322,17 @@ def _(tmp):
     return lambda: load_config(tmp / "nope.json")
 
 
-@case("config-wrong-type-names-the-key", ConfigError, "'lr'", xfail=(
-    "config.py: a str lr raises TypeError inside validate(); from_dict reports \"'<' not supported between "
-    "instances of 'int' and 'str'\" without the key. Fix: check types per key in validate() (need(..., 'lr'))."))
+@case("config-wrong-type-names-the-key", ConfigError, "'lr'")
 def _(tmp):
     return lambda: from_dict({"lr": "fast"})
 
 
-@case("config-class-names-not-a-list", ConfigError, "class_names", xfail=(
-    "config.py: class_names='ab' with num_classes=2 is accepted as the names ['a', 'b']. Fix: require a list "
-    "of strings in validate()."))
+@case("config-class-names-not-a-list", ConfigError, "class_names")
 def _(tmp):
     return lambda: from_dict({"num_classes": 2, "class_names": "ab"})
 
 
-@case("engine-raw-sliceset-label-beyond-classes", DataError, "class 5", xfail=(
-    "engine.py: Engine.__init__ never calls data.validate(), so a SliceSet built directly (datasets.phantom, "
-    "image_folder, API users) with label 5 of 2 classes dies in cross-entropy with IndexError. Fix: call "
-    "self.data.validate() in Engine.__init__ and set_data."))
+@case("engine-raw-sliceset-label-beyond-classes", DataError, "class 5")
 def _(tmp):
     from napari_samatch.core.engine import Engine
 
@@ -354,8 +343,7 @@ def _(tmp):
     return lambda: Engine(data, _config(2)).run()
 
 
-@case("engine-raw-sliceset-label-shape-mismatch", DataError, "shape", xfail=(
-    "engine.py: same missing data.validate(): a 5x5 label on a 32x32 slice is silently resized and trained on."))
+@case("engine-raw-sliceset-label-shape-mismatch", DataError, "shape")
 def _(tmp):
     from napari_samatch.core.engine import Engine
 

@@ -83,6 +83,13 @@ class RunConfig:
             if not ok:
                 raise ConfigError(f"Setting '{key}' = {getattr(self, key)!r} is invalid: {what}.")
 
+        for f in dataclasses.fields(self):  # types first, so a range check never meets a string
+            want = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(f.type))
+            value = getattr(self, f.name)
+            if want is not None and (not isinstance(value, want) or (want is not bool and isinstance(value, bool))):
+                raise ConfigError(f"Setting '{f.name}' = {value!r} has the wrong type: use a {f.type}.")
+        need(isinstance(self.class_names, list) and all(isinstance(n, str) for n in self.class_names),
+             "class_names", "give a list of names, background first")
         need(self.method in METHODS, "method", f"choose one of {', '.join(METHODS)}")
         need(self.warmup_method in ("supervised", "unimatch"), "warmup_method", "choose supervised or unimatch")
         for key in ("warmup_iters", "sam_iters", "joint_iters"):

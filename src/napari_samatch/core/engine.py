@@ -30,7 +30,7 @@ import torch
 
 from . import distributed
 from . import events as ev
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
 from .device import autocast, select_device, set_threads, tune_cpu_allocator
 from .errors import CheckpointError, DataError
@@ -58,7 +58,7 @@ class Engine:
         if data.num_classes != config.num_classes:
             config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
         self.config = config
-        self.data = data
+        self.data = data.validate()  # a clear DataError here, not an IndexError deep in a loss
         set_threads(config.threads)
         self.device = distributed.local_device(select_device(config.device))
         if self.device.type == "cpu":
@@ -106,7 +106,7 @@ class Engine:
             # slice keys index the cache; a different slice list makes them meaningless
             if self._refiner is not None:
                 self._refiner.cache.invalidate()
-        self.data = data
+        self.data = data.validate()
         self._load_tensors()
         self.stage_index, self.stage_iter = 0, 0
 
@@ -389,8 +389,9 @@ class Engine:
         return path
 
     def load_state(self, payload: dict[str, Any]) -> None:
+        fix = "Was it made with other classes or another SAM backend?"
+        check_state_fits(self.unet, payload.get("unet"), "The checkpoint", "Match model", fix)
         try:
-            self.unet.load_state_dict(payload["unet"])
             self.opt_unet.load_state_dict(payload["opt_unet"])
             if "sam" in payload:
                 self.sam.load_state_dict(payload["sam"])

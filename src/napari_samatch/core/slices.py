@@ -94,7 +94,7 @@ class SliceSet:
                     raise DataError(f"Slice {self.ids[i]} has a negative {kind}; use 0 for background, 1.. classes.")
                 if lab.size and int(lab.max()) >= self.num_classes:
                     raise DataError(
-                        f"Slice {self.ids[i]} has a {kind} {int(lab.max())} but only {self.num_classes} classes "
+                        f"Slice {self.ids[i]} has class {int(lab.max())} in its {kind} but only {self.num_classes} classes "
                         f"(0..{self.num_classes - 1}) are configured; add a class name or repaint it."
                     )
         if len(present) == 1 and 0 not in present:  # e.g. a whole slice filled with one class
