@@ -35,8 +35,10 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = 
     data, vol, picked = phantom()
     unl = data.unlabeled_indices()
     if fast:
-        config = preset("quick", warmup_iters=40, sam_iters=20, joint_iters=30, eval_every=0,
-                        checkpoint_every=0, device=device)
+        # A supervised warm-up learns more per CPU second than UniMatch's four passes a step, and SAM-Match
+        # needs a Match model good enough to put its boxes on the right structures (docs/benchmarks.md).
+        config = preset("quick", warmup_method="supervised", warmup_iters=150, sam_iters=10, joint_iters=20,
+                        eval_every=0, checkpoint_every=0, device=device)
     else:
         config = preset("quick", device=device, eval_every=0)
     config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
