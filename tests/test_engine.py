@@ -151,5 +151,6 @@ def test_checkpoint_of_other_classes_is_refused(sample, sam, tmp_path):
     two = data.subset(range(len(data)))
     two.num_classes, two.class_names = 2, ["background", "heart"]
     two.labels = [None if lab is None else (lab > 0).astype(np.uint8) for lab in two.labels]
+    two.hidden = [None if lab is None else (lab > 0).astype(np.uint8) for lab in two.hidden]
     with pytest.raises(CheckpointError):
         Engine.from_checkpoint(tmp_path / "c.pt", two, num_classes=2, class_names=["background", "heart"])
