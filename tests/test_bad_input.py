@@ -327,6 +327,11 @@ def _(tmp):
     return lambda: from_dict({"lr": "fast"})
 
 
+@case("config-unknown-optimizer", ConfigError, "'optimizer' = 'adam'", "sgd or adamw")
+def _(tmp):
+    return lambda: from_dict({"optimizer": "adam"})
+
+
 @case("config-class-names-not-a-list", ConfigError, "class_names")
 def _(tmp):
     return lambda: from_dict({"num_classes": 2, "class_names": "ab"})

@@ -19,7 +19,7 @@ from napari_samatch.core.prompts import Prompts
 
 def tiny(data, **kw):
     base = dict(size=64, warmup_iters=3, sam_iters=2, joint_iters=3, batch_labeled=2, batch_unlabeled=2,
-                eval_every=0, checkpoint_every=0, device="cpu", threads=1)
+                eval_every=0, checkpoint_every=0, device="cpu", threads=2)
     base.update(kw)
     return preset("quick", **base).replace(num_classes=data.num_classes, class_names=list(data.class_names))
 
@@ -37,20 +37,28 @@ def sam():
     return load_sam("litemedsam")
 
 
-def test_stages_and_events_in_order(sample, sam, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(sample, sam, tmp_path_factory):
+    """One run through all three stages, shared: SAM's encoder (seconds per slice on a CPU) runs once."""
     data, _, _ = sample
     seen: list[ev.Event] = []
-    engine = Engine(data, tiny(data), sam=sam)
-    summary = engine.run(seen.append, checkpoint_dir=tmp_path)
+    folder = tmp_path_factory.mktemp("run")
+    engine = Engine(data, tiny(data, sam_iters=1, joint_iters=2), sam=sam)
+    summary = engine.run(seen.append, checkpoint_dir=folder)
+    return engine, seen, summary, folder
+
+
+def test_stages_and_events_in_order(full_run):
+    _, seen, summary, folder = full_run
     kinds = [e.kind for e in seen]
     stages = [e.data["stage"] for e in seen if e.kind == ev.STAGE]
     assert stages == ["warmup", "sam", "joint"]
     progress = [e for e in seen if e.kind == ev.PROGRESS]
-    assert len(progress) == 8 and progress[-1].global_iteration == 8 == progress[-1].global_total
+    assert len(progress) == 6 and progress[-1].global_iteration == 6 == progress[-1].global_total
     assert progress[-1].eta_s is not None and progress[-1].eta_s >= 0
     assert all(np.isfinite(v) for e in progress for v in e.data["losses"].values())
     assert kinds[-1] == ev.DONE and not summary["stopped"]
-    assert (tmp_path / "last.pt").is_file() and (tmp_path / "last.pt.sha256").is_file()
+    assert (folder / "last.pt").is_file() and (folder / "last.pt.sha256").is_file()
 
 
 def test_stop_writes_checkpoint_and_resume_continues(sample, sam, tmp_path):
@@ -106,10 +114,9 @@ def test_stop_while_paused(sample, sam):
     assert summary["stopped"]
 
 
-def test_preview_and_refine_with_edited_prompts(sample, sam):
+def test_preview_and_refine_with_edited_prompts(sample, full_run):
     data, _, _ = sample
-    engine = Engine(data, tiny(data), sam=sam)
-    engine.run()
+    engine = full_run[0]
     idx = data.unlabeled_indices()[:2]
     p = engine.preview(idx)
     assert p["raw"].shape == (2, 64, 64) and p["refined"].shape == (2, 64, 64)

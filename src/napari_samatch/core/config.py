@@ -37,6 +37,8 @@ class RunConfig:
     size: int = 256
     batch_labeled: int = 4
     batch_unlabeled: int = 4
+    # SGD with momentum, as the paper; AdamW (lr ~1e-3) learns much faster in a short CPU run
+    optimizer: str = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -99,6 +101,7 @@ class RunConfig:
         need(1 <= self.batch_labeled <= 256, "batch_labeled", "use 1..256")
         need(1 <= self.batch_unlabeled <= 256, "batch_unlabeled", "use 1..256")
         need(0 < self.lr <= 1, "lr", "use a learning rate in (0, 1]")
+        need(self.optimizer in ("sgd", "adamw"), "optimizer", "choose sgd or adamw")
         need(0 < self.sam_lr <= 1, "sam_lr", "use a learning rate in (0, 1]")
         need(0 <= self.momentum < 1, "momentum", "use a value in [0, 1)")
         need(0 <= self.weight_decay < 1, "weight_decay", "use a value in [0, 1)")

@@ -72,8 +72,11 @@ class Engine:
         self.train_unet = distributed.wrap_ddp(self.unet, self.device)  # the UNet itself when alone
         self._sam = sam
         self._refiner: Refiner | None = None
-        self.opt_unet = torch.optim.SGD(self.unet.parameters(), lr=config.lr, momentum=config.momentum,
-                                        weight_decay=config.weight_decay)
+        if config.optimizer == "adamw":
+            self.opt_unet = torch.optim.AdamW(self.unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            self.opt_unet = torch.optim.SGD(self.unet.parameters(), lr=config.lr, momentum=config.momentum,
+                                            weight_decay=config.weight_decay)
         self.opt_sam: torch.optim.Optimizer | None = None
         self.stage_index = 0
         self.stage_iter = 0

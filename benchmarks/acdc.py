@@ -1,0 +1,114 @@
+"""ACDC protocol: supervised, UniMatch and SAM-Match (decoder / full) on equal budgets.
+
+    python benchmarks/acdc.py --profile cpu-quick                 # the 2-core CPU profile
+    python benchmarks/acdc.py --profile gpu-paper --cases 3       # the paper's schedule, on a GPU
+    python benchmarks/acdc.py --iters 3 --size 64 --limit-unlabeled 4 --limit-val 1 --threads 1  # smoke
+
+Data: ``../shared/data/ACDC`` in the SSL4MIS layout (``--data`` for another copy). The labeled split is
+the first 32 / 68 / 136 lines of ``train_slices.list`` (``--cases 1 | 3 | 7``, as SSL4MIS, UniMatch and
+SAM-Match); every other training slice is unlabeled, its labels hidden from training.
+``--limit-unlabeled K`` keeps K unlabeled slices evenly spaced along the list (so every patient range is
+represented); the slice list used is written to the output folder as ``train_subset.list``.
+
+Model selection on ``val.list`` only: every ``eval_every`` iterations (and at each stage's end) the
+Match model is scored per volume (3D Dice) on val, and the best weights are the ones evaluated, on
+``val.list`` by default or on ``--split X.list`` (any list file of volumes the data folder holds).
+Reported per method: 3D Dice, HD95 and ASD per class (RV, Myo, LV) and their mean, per volume and
+averaged (voxels: the SSL4MIS files store no spacing); for the SAM-Match methods also the pseudo-label
+quality at each evaluation point (mean Dice of the Match model's argmax and of SAM's refined labels on
+a fixed sample of ``--pseudo-sample`` unlabeled slices against their hidden labels).
+
+Profiles (every value is a flag, e.g. ``--joint-iters 200 --lr 0.02``):
+
+* ``gpu-paper``: the paper's schedule (``preset("paper")``): 256 px, batch 4 + 4, SGD lr 0.01 with poly
+  decay, 1000 SAM pre-training steps and 30 000 joint steps, validation every 1000, all unlabeled slices,
+  device auto.
+* ``cpu-quick``: PROVISIONAL values, meant to fit about 30 minutes on the 2-core CPU: 128 px (4x fewer
+  UNet FLOPs than 256), 150 supervised warm-up steps (one UNet pass a step: most learning per CPU
+  second), 30 SAM steps, 100 joint steps with SAM trained every 4th, 32 unlabeled slices, validation
+  every 50 steps, 2 threads; methods supervised, unimatch, samatch-decoder. The SAM image encoder always
+  runs at 256 px (about 4-6 s a slice on that CPU): once per slice in ``decoder`` mode (embedding cache),
+  but forward and backward on every slice of every step in ``full`` mode, which is why ``samatch-full``
+  is only run there when asked for (``--methods ... samatch-full``; hours at this budget on that CPU).
+
+Output (``--out``, default ``benchmarks/results/acdc-<profile>-<timestamp>/``): ``results.json``,
+``results.md`` and ``<method>.pt`` (the validation-best Match model with SAM and the settings), which
+``napari-samatch evaluate --model <method>.pt --data <SSL4MIS dir> --split <list>`` scores anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import _protocol as proto
+from napari_samatch.core import datasets
+from napari_samatch.core.io import read_ssl4mis_volumes
+from napari_samatch.core.slices import ACDC_CLASS_NAMES, SliceSet
+
+CASES = {1: 32, 3: 68, 7: 136}  # labeled slices per number of labeled patients (SSL4MIS convention)
+
+
+def load_train(root: Path, labeled: int, limit_unlabeled: int | None, out: Path) -> SliceSet:
+    """The labeled split plus all (or ``limit_unlabeled`` evenly spaced) unlabeled slices."""
+    if limit_unlabeled is None:
+        data, _ = datasets.ssl4mis(root, labeled=labeled, val_list=None)
+        return data
+    ids = [ln.strip() for ln in (root / "train_slices.list").read_text().splitlines() if ln.strip()]
+    pool = ids[labeled:]
+    pick = proto.evenly_spaced(len(pool), limit_unlabeled)
+    subset = out / "train_subset.list"
+    subset.write_text("\n".join(ids[:labeled] + [pool[i] for i in pick]) + "\n")
+    return SliceSet.from_ssl4mis(root, labeled_count=labeled, list_file=str(subset.resolve()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=proto.SHARED_DATA / "ACDC", help="SSL4MIS-layout ACDC folder")
+    ap.add_argument("--cases", type=int, choices=sorted(CASES), default=3, help="labeled patients: 1, 3 or 7")
+    ap.add_argument("--split", default="val.list", help="list file of volumes to report on (default val.list)")
+    proto.add_protocol_flags(ap)
+    args = ap.parse_args(argv)
+    proto.check_settings(args, ACDC_CLASS_NAMES)
+
+    root = args.data.resolve()
+    if not (root / "train_slices.list").is_file():
+        print(f"acdc.py: no ACDC data at {root} (expected train_slices.list there; see "
+              "../shared/data/README.md, or give --data)", file=sys.stderr)
+        return 2
+    sched = proto.schedule(args)
+    # the evaluation lists first: a wrong --split fails before the training slices are read
+    val_vols = read_ssl4mis_volumes(root, "val.list")[: args.limit_val]
+    eval_vols = val_vols if args.split == "val.list" else read_ssl4mis_volumes(root, args.split)[: args.limit_val]
+    val = datasets.slices_from_volumes(val_vols, len(ACDC_CLASS_NAMES), ACDC_CLASS_NAMES)
+    args.out = proto.output_dir("acdc", args)
+    labeled = CASES[args.cases]
+    data = load_train(root, labeled, sched["limit_unlabeled"], args.out)
+
+    n_unl = len(data.unlabeled_indices())
+    note = (f"ACDC at {root}: {args.cases} case(s) = {labeled} labeled slices (first lines of train_slices.list), "
+            f"{n_unl} unlabeled slices{' (evenly spaced subset)' if sched['limit_unlabeled'] is not None else ''}; "
+            f"model selection on {len(val_vols)} val.list volume(s); scores on {len(eval_vols)} {args.split} "
+            f"volume(s){' (the selection split itself)' if args.split == 'val.list' else ''}.")
+    extra = {"data": str(root), "cases": args.cases, "labeled": labeled, "unlabeled": n_unl,
+             "val_volumes": [v.name for v in val_vols], "eval_volumes": [v.name for v in eval_vols]}
+    commands: list[str] = []
+
+    def print_command(row: dict) -> None:
+        # the exported file is what `evaluate` needs; it scores the full list, on the CPU
+        cmd = (f"napari-samatch evaluate --model {row['model']} --data {root} --split {args.split} "
+               f"--out {Path(row['model']).with_suffix('')}-{Path(args.split).stem}.json")
+        row["evaluate_command"] = cmd
+        commands.append(cmd)
+        print(f"   re-score: {cmd}", flush=True)
+
+    title = f"ACDC, {args.cases} labeled case(s), profile {args.profile}"
+    proto.run_all("acdc", args, title, data, val, eval_vols, args.split, note, extra,
+                  metrics=("dice", "hd95", "asd"), after_method=print_command)
+    print("Re-score any exported model on an SSL4MIS folder with:\n  " + "\n  ".join(commands))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(proto.cli(main))
