@@ -201,13 +201,7 @@ def _printer(name: str) -> Callable[[ev.Event], None]:
             print(f"  [{name}] {e.stage} {e.iteration}/{e.stage_total} loss {loss:.4f} "
                   f"step {e.data.get('step_s', 0):.2f} s", flush=True)
         elif e.kind == ev.METRICS:
-            d = e.data
-            line = f"  [{name}] {e.stage} {e.iteration}: val mean Dice {d.get('val_mean_dice', math.nan):.4f}"
-            if "pseudo_raw_dice" in d:
-                line += f" | pseudo-labels raw {d['pseudo_raw_dice']:.4f}"
-            if "pseudo_refined_dice" in d:
-                line += f" refined {d['pseudo_refined_dice']:.4f}"
-            print(line, flush=True)
+            print(f"  [{name}] {e.stage} {e.iteration}: {ev.format_metrics(e.data)}", flush=True)
     return on_event
 
 

@@ -2,6 +2,7 @@
 
     xvfb-run -a python docs/make_screenshots.py            # the bundled LiteMedSAM, a short schedule
     xvfb-run -a python docs/make_screenshots.py --sam tiny  # a tiny random SAM: checks the script quickly
+    xvfb-run -a python docs/make_screenshots.py --sam-iters 10 --joint 6  # what made docs/images (slow CPU)
 
 Everything goes through the docks' own buttons and the layers' public API, as a user would; nothing
 is drawn by hand. Runs in a few minutes on a laptop CPU (longer on a busy machine).
@@ -49,6 +50,8 @@ def shot(viewer, app, name: str, dock=None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sam", choices=["litemedsam", "tiny"], default="litemedsam")
+    parser.add_argument("--warmup", type=int, default=80, help="supervised warm-up iterations of the demo run")
+    parser.add_argument("--sam-iters", type=int, default=30, help="SAM fine-tuning iterations of the demo run")
     parser.add_argument("--joint", type=int, default=40, help="joint iterations of the demo run")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -91,7 +94,8 @@ def main() -> None:
     shot(viewer, app, "02-paint.png", docks["Data"][0])
 
     # 3. train: a short schedule; screenshot while it runs
-    settings = dict(preset="quick", size=96, warmup_iters=80, sam_iters=30, joint_iters=args.joint,
+    settings = dict(preset="quick", size=96, warmup_method="supervised", warmup_iters=args.warmup,
+                    sam_iters=args.sam_iters, joint_iters=args.joint,
                     batch_labeled=4, batch_unlabeled=2, eval_every=20, checkpoint_every=0, val_slices=1)
     if args.sam == "tiny":
         sys.path.insert(0, str(HERE.parent / "tests"))

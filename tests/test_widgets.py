@@ -210,11 +210,25 @@ def test_progress_events_are_throttled(docks, qtbot, tiny_sam):
     viewer, data, train, review = docks
     seen = []
     data.ctl.engine_event.connect(seen.append)
-    run_tiny(qtbot, train, tiny_sam, warmup_iters=30, sam_iters=0, joint_iters=0, method="supervised")
+    run_tiny(qtbot, train, tiny_sam, warmup_iters=30, sam_iters=0, joint_iters=0, warmup_method="supervised")
     progress = [e for e in seen if e.kind == ev.PROGRESS]
     points = [p for e in progress for p in e.data["points"]]
     assert [p[0] for p in points] == list(range(1, 31))  # every step's losses reach the curves
     assert len(progress) <= 30
+
+
+def test_schedule_line_follows_edits_and_unknown_settings_are_refused(docks):
+    viewer, data, train, review = docks
+    train.set_config(preset="quick")
+    assert "(edited)" not in train.preset_label.text()
+    train.set_config(warmup_iters=7, joint_iters=5, size=64)
+    text = train.preset_label.text()
+    assert text.startswith("7 warm-up + ") and "5 joint iterations at 64 px (edited)" in text
+    assert train.config().warmup_iters == 7
+    with pytest.raises(ValueError, match="Unknown Train-dock setting"):
+        train.set_config(warmup_itres=3)
+    with pytest.raises(ValueError, match="choose one of"):
+        train.set_config(method="nnunet")
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -36,12 +36,7 @@ def _progress_printer(quiet: bool = False):
             bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}", refresh=False)
             bar.update(e.global_iteration - bar.n)
         elif e.kind == ev.METRICS:
-            d = e.data
-            line = f"[{e.stage} {e.iteration}] val Dice {d.get('val_mean_dice', float('nan')):.4f}"
-            if "pseudo_raw_dice" in d:
-                line += f" | pseudo-labels raw {d['pseudo_raw_dice']:.4f}"
-            if "pseudo_refined_dice" in d:
-                line += f" refined {d['pseudo_refined_dice']:.4f}"
+            line = f"[{e.stage} {e.iteration}] {ev.format_metrics(e.data)}"
             (bar.write if bar else print)(line)
         elif e.kind in (ev.STAGE, ev.STOPPED, ev.CHECKPOINT, ev.LOG):
             (bar.write if bar else print)(e.message)

@@ -19,6 +19,7 @@ from ._plots import CurvePlot
 # (field, label, kind, min, max, step) for the advanced settings; kind 'i' int, 'f' float, 'c' choice
 ADVANCED = [
     ("method", "Method", "c", ("samatch", "unimatch", "supervised"), None, None),
+    ("warmup_method", "Warm-up method", "c", ("unimatch", "supervised"), None, None),
     ("warmup_iters", "Warm-up iterations", "i", 0, 1_000_000, 10),
     ("sam_iters", "SAM fine-tune iterations", "i", 0, 1_000_000, 10),
     ("joint_iters", "Joint iterations", "i", 0, 1_000_000, 10),
@@ -147,6 +148,8 @@ class TrainWidget(QWidget):
         self.backend_combo.currentIndexChanged.connect(self._backend_changed)
         self.ckpt_btn.clicked.connect(self._browse_checkpoint)
         self.preset_combo.currentTextChanged.connect(self.apply_preset)
+        for f in ("warmup_iters", "sam_iters", "joint_iters", "size"):
+            self.fields[f].valueChanged.connect(self._show_schedule)
         self.start_btn.clicked.connect(lambda: self.start(fresh=True))
         self.next_btn.clicked.connect(lambda: self.start(fresh=False))
         self.pause_btn.clicked.connect(self._pause_resume)
@@ -173,8 +176,14 @@ class TrainWidget(QWidget):
                 w.setCurrentText(str(value))
             else:
                 w.setValue(value)
-        self.preset_label.setText(f"{cfg.warmup_iters} warm-up + {cfg.sam_iters} SAM + {cfg.joint_iters} joint "
-                                  f"iterations at {cfg.size} px.")
+        self._show_schedule()
+
+    def _show_schedule(self) -> None:
+        """The schedule line under the preset: the iteration counts that will run, edits included."""
+        n = {f: self.fields[f].value() for f in ("warmup_iters", "sam_iters", "joint_iters", "size")}
+        edited = any(n[f] != getattr(PRESETS[self.preset_combo.currentText()], f) for f in n)
+        self.preset_label.setText(f"{n['warmup_iters']} warm-up + {n['sam_iters']} SAM + {n['joint_iters']} joint "
+                                  f"iterations at {n['size']} px{' (edited)' if edited else ''}.")
 
     def config(self) -> RunConfig:
         """The settings as a validated RunConfig (raises ConfigError with a sentence)."""
@@ -200,15 +209,22 @@ class TrainWidget(QWidget):
                 self.device_combo.setCurrentIndex(idx)
         if "val_slices" in values:
             self.val_spin.setValue(int(values.pop("val_slices")))
-        if values.get("sam_backend"):
-            self.backend_combo.setCurrentIndex(self.backend_combo.findData(values.pop("sam_backend")))
-        if values.get("sam_checkpoint"):
-            self.ckpt_edit.setText(str(values.pop("sam_checkpoint")))
+        backend, ckpt = values.pop("sam_backend", None), values.pop("sam_checkpoint", None)
+        if backend:
+            self.backend_combo.setCurrentIndex(self.backend_combo.findData(backend))
+        if ckpt:
+            self.ckpt_edit.setText(str(ckpt))
+        unknown = sorted(set(values) - set(self.fields))
+        if unknown:  # a silently ignored setting would train something other than what was asked
+            raise ValueError(f"Unknown Train-dock setting(s) {', '.join(unknown)}; known: {', '.join(self.fields)}.")
         for field, value in values.items():
-            w = self.fields.get(field)
+            w = self.fields[field]
             if isinstance(w, QComboBox):
+                if w.findText(str(value)) < 0:
+                    raise ValueError(f"{field} cannot be {value!r}; choose one of "
+                                     f"{', '.join(w.itemText(i) for i in range(w.count()))}.")
                 w.setCurrentText(str(value))
-            elif w is not None:
+            else:
                 w.setValue(value)
 
     def _restore_settings(self) -> None:

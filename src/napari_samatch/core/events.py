@@ -51,3 +51,13 @@ def format_eta(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def format_metrics(data: dict[str, Any]) -> str:
+    """A METRICS event's numbers as one log line: validation Dice, then pseudo-label Dice when measured."""
+    line = f"val mean Dice {data.get('val_mean_dice', float('nan')):.4f}"
+    if "pseudo_raw_dice" in data:
+        line += f" | pseudo-labels raw {data['pseudo_raw_dice']:.4f}"
+    if "pseudo_refined_dice" in data:
+        line += f" refined {data['pseudo_refined_dice']:.4f}"
+    return line

@@ -12,6 +12,7 @@ upsampled back to the training frame.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
 import pickle
@@ -44,7 +45,7 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
-class SamBackend(nn.Module):
+class SamBackend(nn.Module, abc.ABC):
     """A promptable segmenter: ``encode`` images once, ``decode`` many prompts against the embeddings.
 
     Subclasses set ``name``, ``input_size`` and ``embed_shape`` and implement ``_normalise``.
@@ -68,9 +69,9 @@ class SamBackend(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @abc.abstractmethod
     def _normalise(self, x: Tensor) -> Tensor:
         """Map (B, 3, input_size, input_size) pixels in [0, 1] to what the image encoder expects."""
-        raise NotImplementedError
 
     def encode(self, images: Tensor) -> Tensor:
         """Encode (B, 1|3, S, S) images in [0, 1] (training frame) to (B, *embed_shape) embeddings."""
