@@ -142,7 +142,8 @@ def main() -> None:
         if time.perf_counter() - start > 600:
             break
     shot(viewer, app, "07-box-edit.png", docks["Review"][0])
-    print("box-edit refinement latencies (ms):", [round(v) for v in rev.latencies_ms], flush=True)
+    print("box-edit refinement latencies (ms):", [round(v) for v in rev.latencies_ms],
+          "of which SAM computed:", [round(v) for v in rev.compute_ms], flush=True)
 
     # 6. accept the slice: it becomes labeled for the next round
     viewer.layers.selection.active = rev.layers["pseudo"]

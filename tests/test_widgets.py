@@ -147,7 +147,8 @@ def test_full_run_review_edit_accept_and_next_round(docks, qtbot, tiny_sam):
     moved[-1] = moved[-1] + np.array([0, 15, -10])
     with qtbot.waitSignal(rev.refined, timeout=TIMEOUT_MS) as sig:
         boxes.data = moved
-    assert sig.args[0] == k and len(rev.latencies_ms) == 2
+    assert sig.args[0] == k and len(rev.latencies_ms) == len(rev.compute_ms) == 2
+    assert all(0 < c <= t for c, t in zip(rev.compute_ms, rev.latencies_ms))  # SAM's share of each wait
     # napari's undo takes the refinement back, one step at a time
     pseudo.undo()
     np.testing.assert_array_equal(pseudo.data[k], refined_once)

@@ -41,5 +41,6 @@ def test_litemedsam_run_and_box_edit_latency(make_napari_viewer_proxy, qtbot, re
                                  + np.array([0, attempt, attempt]))
     latencies = rev.latencies_ms
     record_property("box_edit_latency_ms", latencies)
-    print(f"\nbox-edit latency (ms, edit -> layer updated): {[round(x) for x in latencies]}")
+    print(f"\nbox-edit latency (ms, edit -> layer updated): {[round(x) for x in latencies]}, "
+          f"of which SAM computed {[round(x) for x in rev.compute_ms]}")
     assert min(latencies) < 5000  # generous: the 300 ms target is reported, not asserted, on shared CI

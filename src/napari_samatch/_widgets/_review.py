@@ -45,7 +45,8 @@ class ReviewLayers(QObject):
         self.prompt_edited: set[int] = set()        # slices whose prompts the user changed
         self.new_class = 1
         self.new_label = 1
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: list[float] = []  # edit to updated layer, main thread
+        self.compute_ms: list[float] = []  # of which the worker computed (the rest is waiting)
         self._updating = False
         self._refine_queue: dict[int, float] = {}   # slice -> time of the edit
         self._refining: int | None = None
@@ -205,9 +206,12 @@ class ReviewLayers(QObject):
         prompts = self.table.to_prompts(index, S, hw)
 
         def work():  # worker thread: SAM decode on the cached embedding, then resize for display
+            t0 = time.perf_counter()
             out = engine.refine_with_prompts(index, prompts)
             d = preview_to_display({"indices": [index], "raw": out["refined"][None], "refined": out["refined"][None],
                                     "confidence": out["confidence"][None]}, S, hw)
+            # the worker's own time, apart from waiting (for the thread, or for the engine's lock)
+            d["compute_ms"] = (time.perf_counter() - t0) * 1000
             return d
 
         worker = create_worker(work, _start_thread=False)
@@ -224,7 +228,9 @@ class ReviewLayers(QObject):
         self.corrected.add(index)
         ms = (time.perf_counter() - t_edit) * 1000
         self.latencies_ms.append(ms)
-        self.ctl.message.emit(f"Slice {index}: SAM re-run with your prompts in {ms:.0f} ms.")
+        self.compute_ms.append(d["compute_ms"])
+        self.ctl.message.emit(f"Slice {index}: SAM re-run with your prompts in {ms:.0f} ms "
+                              f"({d['compute_ms']:.0f} ms of it in SAM).")
         self.ctl.sessions.mark_dirty("review")
         self.refined.emit(index, ms)
         self.ctl.review_changed.emit()
