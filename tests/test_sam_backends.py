@@ -123,6 +123,25 @@ def test_save_roundtrip_and_modes(tmp_path, lite):
         again.freeze_for("encoder-only")
 
 
+def test_mode_switches_leave_a_frozen_encoder_alone(tmp_path, lite):
+    """TinyViT rebuilds its attention biases on every train()/eval() (about 0.25 s on a CPU): a box edit
+    and a joint step switch SAM's mode, and must not pay for it when the encoder does not change."""
+    model = lm.load_litemedsam(lite.save(tmp_path / "lite.pth")).freeze_for("decoder")
+    calls = []
+    model.image_encoder.train = lambda mode=True: calls.append(mode)  # instance attribute shadows the method
+    for _ in range(3):
+        model.train()
+        assert model.training and model.mask_decoder.training and model.prompt_encoder.training
+        model.eval()
+        assert not model.training and not model.mask_decoder.training
+    assert calls == []
+    del model.image_encoder.train
+    model.freeze_for("full").train()
+    assert model.image_encoder.training and all(m.training for m in model.modules())
+    model.eval()
+    assert not any(m.training for m in model.modules())
+
+
 # ---------------------------------------------------------------------- batched decoding
 IMAGE_INDEX = torch.tensor([0, 0, 1, 1, 1, 2, 2])
 BOXES = torch.tensor([[30, 40, 120, 150], [100, 100, 200, 220], [10, 10, 60, 80], [50, 60, 200, 200],
@@ -266,3 +285,32 @@ def test_segment_anything_wrong_files(tmp_path):
         load_segment_anything(tensor_only)
     with pytest.raises(ConfigError):
         load_segment_anything(path, "vit_g")
+
+
+@pytest.mark.parametrize("shape", [(3, 256, 64, 16, 16), (2, 64, 32, 8, 12)])
+def test_patch_upsample_equals_conv_transpose_with_gradients(shape):
+    from napari_samatch.core.sam.base import PatchUpsample
+
+    b, c, o, h, w = shape
+    torch.manual_seed(0)
+    stock = torch.nn.ConvTranspose2d(c, o, kernel_size=2, stride=2)
+    fast = torch.nn.ConvTranspose2d(c, o, kernel_size=2, stride=2)
+    fast.load_state_dict(stock.state_dict())
+    assert PatchUpsample.fits(fast) and not PatchUpsample.fits(torch.nn.ConvTranspose2d(c, o, 3, stride=2))
+    fast.__class__ = PatchUpsample
+    x = torch.randn(b, c, h, w, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref, got = stock(x), fast(x2)
+    assert got.shape == ref.shape == (b, o, 2 * h, 2 * w)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    ref.square().sum().backward()
+    got.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.weight.grad, stock.weight.grad, atol=1e-3, rtol=1e-4)
+
+
+def test_backends_use_the_patch_upsample(lite):
+    from napari_samatch.core.sam.base import PatchUpsample
+
+    ups = [m for m in lite.mask_decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert ups and all(type(m) is PatchUpsample for m in ups)

@@ -120,3 +120,18 @@ def test_default_folder_beside_source_or_in_home(tmp_path: Path, monkeypatch: py
     # an unwritable source folder (simulated: tests may run as root) falls back to the home folder
     monkeypatch.setattr("napari_samatch.core.session.os.access", lambda *a, **k: False)
     assert default_session_dir("p", src) == tmp_path / "home" / "autosave" / "p"
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    import os
+
+    from napari_samatch.core.checkpoint import atomic_write_bytes
+
+    dead = tmp_path / ".last.pt.999999999.k2j4.tmp"  # beyond any PID: its writer is gone
+    mine = tmp_path / f".last.pt.{os.getpid()}.q7x1.tmp"  # this process: may be a write in flight
+    other = tmp_path / ".other.pt.999999999.a1.tmp"  # another file's temp: not ours to judge
+    for p in (dead, mine, other):
+        p.write_bytes(b"partial")
+    atomic_write_bytes(tmp_path / "last.pt", b"whole")
+    assert (tmp_path / "last.pt").read_bytes() == b"whole"
+    assert not dead.exists() and mine.exists() and other.exists()

@@ -126,6 +126,11 @@ def test_full_run_review_edit_accept_and_next_round(docks, qtbot, tiny_sam):
     assert train.progress.format() == "done" and "Stage warmup" in train.log.toPlainText()
     assert train.loss_plot.series and ctl.sessions.checkpoint_path.is_file()
     assert train.next_btn.isEnabled() and train.export_model_btn.isEnabled()
+    # the checkbox and the layer list's eye icon show the confidence layer alike
+    review.show_conf.setChecked(True)
+    assert conf.visible
+    conf.visible = False
+    assert not review.show_conf.isChecked()
     # the main thread spends little on a typical engine event (the stall bound is the heartbeat test's)
     walls = sorted(wall for _, wall, _ in ctl.handler_ms)
     assert walls[len(walls) // 2] < 50, sorted(ctl.handler_ms, key=lambda h: -h[1])[:5]

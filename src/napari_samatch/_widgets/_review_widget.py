@@ -74,6 +74,7 @@ class ReviewWidget(QWidget):
         self.table.setMinimumHeight(160)
         v.addWidget(self.table)
         self.show_conf = QCheckBox("Show the confidence layer")
+        self._conf_watched = None  # the confidence layer whose visibility the checkbox follows
         v.addWidget(self.show_conf)
         row = QHBoxLayout()
         self.accept_btn = QPushButton("Accept this slice")
@@ -142,9 +143,18 @@ class ReviewWidget(QWidget):
         self.accept_btn.setEnabled(has)
         self.accept_sel_btn.setEnabled(has)
         self.refine_btn.setEnabled(has)
-        if "confidence" in self.review.layers:
+        conf = self.review.layers.get("confidence")
+        if conf is not None:
+            if conf is not self._conf_watched:  # the layer list's eye icon must move the checkbox too
+                conf.events.visible.connect(self._sync_conf)
+                self._conf_watched = conf
+            self._sync_conf()
+
+    def _sync_conf(self, event=None) -> None:
+        conf = self.review.layers.get("confidence")
+        if conf is not None and self.show_conf.isChecked() != conf.visible:
             self.show_conf.blockSignals(True)
-            self.show_conf.setChecked(self.review.layers["confidence"].visible)
+            self.show_conf.setChecked(conf.visible)
             self.show_conf.blockSignals(False)
 
     def _show_latency(self, index: int, ms: float) -> None:

@@ -10,6 +10,7 @@ on load, so a truncated copy is caught before it corrupts a run.
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import io
 import os
@@ -44,7 +45,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the writer's PID in the name lets a later write remove what a killed writer left behind
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
@@ -57,11 +59,30 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        _remove_orphans(path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
             raise StorageError(f"The disk holding {path.parent} is full. Free some space or choose another folder.") from exc
         raise StorageError(f"Could not write {path} ({exc.strerror}). Choose a folder you can write to.") from exc
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut)."""
+    if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it signals it)
+        return
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].partition(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue  # an older naming, or this process's own write in flight
+        try:
+            os.kill(int(pid), 0)
+            continue  # the writer is alive (or the PID was reused): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive, owned by another user
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -45,6 +45,30 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
     return dev
 
 
+class PatchUpsample(nn.ConvTranspose2d):
+    """A transposed convolution whose kernel equals its stride, computed as one matrix product.
+
+    With kernel = stride the output patches do not overlap, so each input pixel's channels map to its own
+    k x k output patch: ``x @ W`` and a reshape give exactly what ``conv_transpose2d`` gives. PyTorch's CPU
+    kernel for it is slow: the mask decoder's two 2x upsamplings took 0.65 s of a 0.76 s box edit on our
+    2-core VM; for one prompt the 128 -> 256 px step takes 4 ms this way against 33 ms (best of 5).
+    """
+
+    @staticmethod
+    def fits(m: nn.ConvTranspose2d) -> bool:
+        return (m.kernel_size == m.stride and m.padding == (0, 0) and m.output_padding == (0, 0)
+                and m.dilation == (1, 1) and m.groups == 1)
+
+    def forward(self, x: Tensor, output_size=None) -> Tensor:  # noqa: ARG002 - the output size is fixed
+        if x.ndim != 4:
+            return super().forward(x, output_size)
+        (kh, kw), (b, c, h, w) = self.kernel_size, x.shape
+        out = self.out_channels
+        y = x.permute(0, 2, 3, 1).reshape(-1, c) @ self.weight.reshape(c, out * kh * kw)
+        y = y.view(b, h, w, out, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(b, out, h * kh, w * kw)
+        return y if self.bias is None else y + self.bias.view(1, out, 1, 1)
+
+
 class SamBackend(nn.Module, abc.ABC):
     """A promptable segmenter: ``encode`` images once, ``decode`` many prompts against the embeddings.
 
@@ -63,6 +87,9 @@ class SamBackend(nn.Module, abc.ABC):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.finetune_mode = "full"  # nothing frozen until freeze_for() says otherwise
+        for m in mask_decoder.modules():
+            if type(m) is nn.ConvTranspose2d and PatchUpsample.fits(m):
+                m.__class__ = PatchUpsample  # same parameters and state_dict keys, 3-8x faster on a CPU
 
     # ------------------------------------------------------------------ encoder
     @property
@@ -179,15 +206,23 @@ class SamBackend(nn.Module, abc.ABC):
         for p in [*self.prompt_encoder.parameters(), *self.mask_decoder.parameters()]:
             p.requires_grad_(True)
         self.finetune_mode = mode
-        if mode == "decoder":
-            self.image_encoder.eval()
-        return self
+        return self.train(self.training)  # puts a frozen encoder into eval mode
 
     def train(self, mode: bool = True) -> SamBackend:
-        super().train(mode)
-        # A frozen encoder must not update BatchNorm statistics (TinyViT has BN).
-        if getattr(self, "finetune_mode", "full") == "decoder":
-            self.image_encoder.eval()
+        """Switch train/eval mode, touching only the modules whose mode changes.
+
+        A frozen encoder ('decoder' mode) stays in eval mode: it must not update BatchNorm statistics
+        (TinyViT has BN). Switches are skipped when nothing changes because TinyViT rebuilds its
+        attention-bias buffers on every ``train()`` call: about 0.25 s on a CPU, once per SAM step and
+        once per box edit before this guard.
+        """
+        mode = bool(mode)
+        frozen = getattr(self, "finetune_mode", "full") == "decoder"
+        self.training = mode
+        for child in self.children():
+            want = False if (frozen and child is self.image_encoder) else mode
+            if any(m.training != want for m in child.modules()):
+                child.train(want)
         return self
 
     # ------------------------------------------------------------------ persistence

@@ -193,7 +193,8 @@ class EmbeddingCache:
         if missing:
             encoder = backend.image_encoder
             was_training = encoder.training
-            encoder.eval()
+            if was_training:  # a needless switch rebuilds TinyViT's attention biases (~0.25 s on a CPU)
+                encoder.eval()
             try:
                 with torch.no_grad():
                     for start in range(0, len(missing), max(1, batch_size)):
@@ -204,7 +205,8 @@ class EmbeddingCache:
                                             f"{len(chunk)} keys.")
                         self.put_many(chunk, backend.encode(images.to(device)))
             finally:
-                encoder.train(was_training)
+                if was_training:
+                    encoder.train()
         values = self._get(keys, count=False)
         if any(v is None for v in values):  # only if another thread invalidated meanwhile
             raise DataError("The embedding cache was cleared while embedding; run the step again.")
