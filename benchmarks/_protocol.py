@@ -52,7 +52,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 # Schedule values of each profile; every key is also a command-line flag that overrides it.
 # gpu-paper: the "paper" preset of core/config.py (30 000 joint steps, batch 4 + 4, 256 px).
-# cpu-quick: PROVISIONAL until measured on the 2-core machine (see the scripts' docstrings):
+# cpu-quick: partly measured on the 2-core machine (docs/benchmarks.md, Results):
 #   128 px (4x fewer UNet FLOPs than 256), a supervised warm-up (one UNet pass a step: the most
 #   learning per CPU second, as the demo found), SAM trained on every 4th joint step, 32 unlabeled slices
 #   (each is encoded once by SAM at 256 px, 4-6 s a slice on that CPU).
@@ -64,8 +64,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     # samatch-full is left out of cpu-quick's default list: in "full" mode LiteMedSAM's encoder runs forward
     # and backward on every slice of every SAM step (measured: 71 s for one SAM step at batch 1, 124 s for
     # one joint step at batch 1 + 1, 1 thread), hours at this budget. Ask for it with --methods.
+    # lr 0.05: at this budget 0.01 learned nothing on ACDC (mean Dice 0.005), 0.05 reached 0.35 (2026-11-25).
     "cpu-quick": {"size": 128, "warmup_iters": 150, "sam_iters": 30, "joint_iters": 100,
-                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.01, "sam_lr": 1e-4,
+                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.05, "sam_lr": 1e-4,
                   "sam_every": 4, "eval_every": 50, "warmup_method": "supervised", "device": "cpu", "threads": 2,
                   "limit_unlabeled": 32, "pseudo_sample": 16,
                   "methods": ["supervised", "unimatch", "samatch-decoder"]},

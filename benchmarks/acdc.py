@@ -23,8 +23,8 @@ Profiles (every value is a flag, e.g. ``--joint-iters 200 --lr 0.02``):
 * ``gpu-paper``: the paper's schedule (``preset("paper")``): 256 px, batch 4 + 4, SGD lr 0.01 with poly
   decay, 1000 SAM pre-training steps and 30 000 joint steps, validation every 1000, all unlabeled slices,
   device auto.
-* ``cpu-quick``: PROVISIONAL values, meant to fit about 30 minutes on the 2-core CPU: 128 px (4x fewer
-  UNet FLOPs than 256), 150 supervised warm-up steps (one UNet pass a step: most learning per CPU
+* ``cpu-quick``: for the 2-core CPU (about 6 min per baseline, over an hour with SAM-Match there):
+  SGD lr 0.05, 128 px (4x fewer UNet FLOPs than 256), 150 supervised warm-up steps (one UNet pass a step: most learning per CPU
   second), 30 SAM steps, 100 joint steps with SAM trained every 4th, 32 unlabeled slices, validation
   every 50 steps, 2 threads; methods supervised, unimatch, samatch-decoder. The SAM image encoder always
   runs at 256 px (about 4-6 s a slice on that CPU): once per slice in ``decoder`` mode (embedding cache),
