@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.integration)
+
+
+def _finish_qt_workers(timeout_s: float = 120.0) -> None:
+    """Stop the plugin's runs and wait for every Qt worker thread, processing queued signals meanwhile.
+
+    A worker still running when the test's viewer closes (e.g. the autosave started by a finished run)
+    would otherwise outlive its Qt objects; at interpreter exit that aborts the process (exit 134).
+    """
+    if "qtpy" not in sys.modules:
+        return
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:
+        return
+    ctl_mod = sys.modules.get("napari_samatch._widgets._controller")
+    if ctl_mod is not None:
+        for ctl in list(ctl_mod._CONTROLLERS.values()):
+            ctl.stop_job()
+    pool, deadline = QThreadPool.globalInstance(), time.monotonic() + timeout_s
+    while pool.activeThreadCount() and time.monotonic() < deadline:
+        QApplication.processEvents()
+        pool.waitForDone(20)
+    if pool.activeThreadCount():
+        raise RuntimeError(f"{pool.activeThreadCount()} Qt worker(s) still running {timeout_s:.0f} s after the test")
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test():
+    yield
+    _finish_qt_workers()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _finish_qt_workers()

@@ -31,6 +31,7 @@ from ._slicing import build_slices, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
 _CONTROLLERS: dict[int, "Controller"] = {}
+_QUIT_HOOKED: set[int] = set()  # applications whose quit already waits for our workers
 
 
 def unwrap(viewer: Any) -> Any:
@@ -95,6 +96,7 @@ class Controller(QObject):
         self._pick_defaults()
         # main-thread time spent on each engine event: (kind, wall ms, cpu ms); the stall test reads it
         self.handler_ms: deque[tuple[str, float, float]] = deque(maxlen=5000)
+        _finish_on_quit()
 
     @property
     def viewer(self) -> Any:
@@ -369,6 +371,8 @@ class Controller(QObject):
             if delta > 0:
                 self._pbar.set_description(f"SAM-Match {event.stage}")
                 self._pbar.update(delta)
+        elif event.kind == ev.LOG and event.data.get("level") == "warning":
+            show_warning(event.message)  # e.g. a checkpoint not written (full disk): training goes on
         if event.kind in (ev.CHECKPOINT, ev.STOPPED) and event.data.get("path"):
             self.sessions.checkpoint_path = Path(event.data["path"])
             self.sessions.mark_dirty("checkpoint")
@@ -393,9 +397,34 @@ class Controller(QObject):
         self.sessions.mark_dirty("checkpoint")
         self.sessions.autosave()
 
-    def wait_idle_blocking(self) -> None:  # used on close: stop and let the worker end
+    def stop_job(self) -> None:
+        """Ask a running job to end within one step (used when napari quits)."""
         if self.job is not None:
             self.job.stop()
 
 
-__all__ = ["Controller", "get_controller", "unwrap"]
+def finish_workers(timeout_ms: int = 60_000) -> bool:
+    """Stop every viewer's run and wait for all worker threads (training, box edits, autosaves).
+
+    Called when the application quits: an autosave still writing then finishes instead of dying with
+    the process (its atomic write would keep the previous session, but the latest edits would be lost),
+    and no worker outlives the Qt objects it signals. True when all ended within the timeout.
+    """
+    from qtpy.QtCore import QThreadPool
+
+    for ctl in list(_CONTROLLERS.values()):
+        ctl.stop_job()
+    return bool(QThreadPool.globalInstance().waitForDone(timeout_ms))
+
+
+def _finish_on_quit() -> None:
+    """Connect :func:`finish_workers` to the application's quit, once per process."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None and id(app) not in _QUIT_HOOKED:
+        app.aboutToQuit.connect(finish_workers)
+        _QUIT_HOOKED.add(id(app))
+
+
+__all__ = ["Controller", "finish_workers", "get_controller", "unwrap"]
