@@ -38,6 +38,8 @@ def _progress_printer(quiet: bool = False):
         elif e.kind == ev.METRICS:
             line = f"[{e.stage} {e.iteration}] {ev.format_metrics(e.data)}"
             (bar.write if bar else print)(line)
+        elif e.kind == ev.LOG and e.data.get("level") == "warning":  # e.g. a checkpoint the full disk refused
+            (bar.write if bar else print)(f"warning: {e.message}")
         elif e.kind in (ev.STAGE, ev.STOPPED, ev.CHECKPOINT, ev.LOG):
             (bar.write if bar else print)(e.message)
         elif e.kind == ev.DONE and bar is not None:
@@ -46,9 +48,8 @@ def _progress_printer(quiet: bool = False):
     return on_event
 
 
-def _config(args: argparse.Namespace):
-    from .core.config import load_config, preset
-
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (flags and ``--set``), not the preset's."""
     overrides: dict[str, Any] = {}
     for key in ("method", "warmup_iters", "sam_iters", "joint_iters", "size", "device", "seed", "sam_mode",
                 "sam_backend", "sam_checkpoint", "batch_labeled", "batch_unlabeled", "threads", "eval_every"):
@@ -61,6 +62,13 @@ def _config(args: argparse.Namespace):
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
             overrides[key] = raw
+    return overrides
+
+
+def _config(args: argparse.Namespace):
+    from .core.config import load_config, preset
+
+    overrides = _overrides(args)
     if getattr(args, "config", None):
         return load_config(args.config, preset=args.preset, **overrides)
     return preset(args.preset, **overrides)
@@ -86,12 +94,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, main: bool) -> int:
     from .core import datasets, distributed
+    from .core.checkpoint import check_writable_folder
     from .core.engine import Engine
     from .core.export import export_model
 
     out = Path(args.out)
+    if main:  # before the data and the models load: a bad --out must not cost a run
+        check_writable_folder(out, "Choose another folder for --out.")
     if args.ssl4mis:
-        data, val = datasets.ssl4mis(args.ssl4mis, labeled=args.labeled, limit=args.limit)
+        # --lazy / --no-lazy; neither: lazy when the slices would not fit data_budget_mb (docs/cluster.md)
+        data, val = datasets.ssl4mis(args.ssl4mis, labeled=args.labeled, limit=args.limit, lazy=args.lazy,
+                                     budget_mb=_config(args).data_budget_mb)
     elif args.folder:
         data, _ = datasets.image_folder(args.folder, labeled=args.labeled)
         val = None
@@ -101,8 +114,8 @@ def _train(args: argparse.Namespace, main: bool) -> int:
     else:
         raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
     config = _config(args).replace(num_classes=data.num_classes, class_names=list(data.class_names))
-    if args.resume:
-        engine = Engine.from_checkpoint(args.resume, data, val=val)
+    if args.resume:  # flags given here (--device cpu, a smaller --batch-labeled) override the checkpoint's
+        engine = Engine.from_checkpoint(args.resume, data, val=val, **_overrides(args))
     else:
         engine = Engine(data, config, val=val)
     n = distributed.world_size()
@@ -117,7 +130,8 @@ def _train(args: argparse.Namespace, main: bool) -> int:
     if not main:
         return 0
     export_model(engine, out / "model.pt")
-    _write_json(out / "metrics.json", {"summary": summary, "history": engine.history, "config": config.to_dict()})
+    _write_json(out / "metrics.json",
+                {"summary": summary, "history": engine.history, "config": engine.config.to_dict()})
     print(f"Model written to {out / 'model.pt'}; metrics to {out / 'metrics.json'}")
     return 0
 
@@ -186,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ssl4mis", help="SSL4MIS-layout folder (e.g. ACDC) with train_slices.list")
     t.add_argument("--labeled", type=int, default=68, help="labeled slices/images (first N of the list)")
     t.add_argument("--limit", type=int, help="use only the first N training slices (quick tries)")
+    t.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=None,
+                   help="read --ssl4mis slices from disk when used, not all at the start (default: only when "
+                        "they would not fit data_budget_mb)")
     t.add_argument("--image", help="a volume (NIfTI, TIFF, h5) in which a few slices are labeled")
     t.add_argument("--labels", help="the label file for --image")
     t.add_argument("--axis", type=int, default=0, help="slice axis of --image")

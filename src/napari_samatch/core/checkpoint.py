@@ -62,9 +62,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         _remove_orphans(path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise StorageError(f"The disk holding {path.parent} is full. Free some space or choose another folder.") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = "is full" if exc.errno == errno.ENOSPC else "is over your quota"
+            raise StorageError(f"The disk holding {path.parent} {full}. Free some space or choose another "
+                               "folder.") from exc
         raise StorageError(f"Could not write {path} ({exc.strerror}). Choose a folder you can write to.") from exc
+
+
+def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.") -> None:
+    """Fail now, not after an hour of training, when ``folder`` cannot be created or written to.
+
+    Creates nothing: it probes the nearest existing folder with a temp file that it removes again, so
+    a run that then fails on its data leaves the disk as it was.
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise StorageError(f"Cannot write to {folder}: {existing} is a file, not a folder. {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".samatch-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"Cannot write to {folder}: {existing} is not writable ({exc.strerror}). {fix}") from exc
 
 
 def _remove_orphans(path: Path) -> None:

@@ -67,6 +67,9 @@ class RunConfig:
     # which would push every pixel under the 0.95 loss threshold)
     iou_confidence: bool = False
     cache_budget_mb: float = 2048.0
+    # training slices resized to size x size: stacked on the device up to this, read on demand beyond it
+    # (core/store.py; a lazy SliceSet always reads on demand and caches up to this)
+    data_budget_mb: float = 2048.0
     device: str = "auto"
     amp: bool = True
     seed: int = 0
@@ -116,6 +119,7 @@ class RunConfig:
         need(0 <= self.points <= 8, "points", "use 0..8 points per prompt")
         need(0 <= self.negative_points <= 8, "negative_points", "use 0..8 points per prompt")
         need(self.cache_budget_mb >= 0, "cache_budget_mb", "use a size in MB >= 0")
+        need(self.data_budget_mb >= 0, "data_budget_mb", "use a size in MB >= 0")
         need(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
         need(self.threads >= 0, "threads", "use 0 (all cores) or a positive count")
         need(self.eval_every >= 0, "eval_every", "use 0 (never) or a positive count")

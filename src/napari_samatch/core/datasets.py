@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import DataError
 from .io import read_image_folder, read_label, read_ssl4mis_volumes, read_volume
+from .lazy import nifti_slices, ssl4mis_footprint_mb, ssl4mis_volume_slices
 from .sample import make_cardiac_phantom, sample_labeled_slices
 from .slices import SliceSet, normalise_slice
 from .volume import Volume
@@ -40,16 +41,26 @@ def slices_from_volumes(volumes: Sequence[Volume], num_classes: int, class_names
 
 
 def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.list",
-            limit: int | None = None) -> tuple[SliceSet, SliceSet | None]:
-    """ACDC-style data: the first ``labeled`` training slices labeled, the rest unlabeled (hidden labels)."""
+            limit: int | None = None, lazy: bool | None = False,
+            budget_mb: float = 2048.0) -> tuple[SliceSet, SliceSet | None]:
+    """ACDC-style data: the first ``labeled`` training slices labeled, the rest unlabeled (hidden labels).
+
+    ``lazy=True`` reads slices from their files when used (``core.lazy``), training and validation alike;
+    ``lazy=None`` decides: lazy when the listed slices would take more than ``budget_mb`` in memory.
+    """
     root = Path(root)
     if not (root / "train_slices.list").is_file():
         raise DataError(f"{root} has no train_slices.list. Point to an SSL4MIS-layout folder such as .../ACDC.")
-    train = SliceSet.from_ssl4mis(root, labeled_count=labeled, limit=limit)
+    if lazy is None:
+        lazy = ssl4mis_footprint_mb(root, limit=limit) > budget_mb
+    train = SliceSet.from_ssl4mis(root, labeled_count=labeled, limit=limit, lazy=lazy)
     val = None
     if val_list and (root / val_list).is_file():
-        vols = read_ssl4mis_volumes(root, val_list)
-        val = slices_from_volumes(vols, train.num_classes, train.class_names)
+        if lazy:
+            val = ssl4mis_volume_slices(root, val_list, train.num_classes, train.class_names)
+        else:
+            vols = read_ssl4mis_volumes(root, val_list)
+            val = slices_from_volumes(vols, train.num_classes, train.class_names)
     return train, val
 
 
@@ -65,6 +76,15 @@ def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int =
     names = list(class_names) if class_names else ["background"] + [f"class {c}" for c in range(1, num_classes)]
     vol.validate(num_classes)
     return SliceSet.from_volume(vol, axis=axis, num_classes=num_classes, class_names=names), vol
+
+
+def nifti_cohort(images: Sequence[str | Path], labels: Sequence[str | Path | None] | None = None,
+                 labeled_volumes: Sequence[int] | None = None, axis: int = 0,
+                 class_names: Sequence[str] | None = None) -> SliceSet:
+    """Many NIfTI volumes, read one slice at a time (``core.lazy.nifti_slices``): the painted slices of
+    the labeled volumes are labeled, everything else unlabeled. Use ``.nii`` rather than ``.nii.gz``."""
+    return nifti_slices(images, labels, labeled_volumes=labeled_volumes, axis=axis,
+                        num_classes=len(class_names) if class_names else None, class_names=class_names)
 
 
 def image_folder(folder: str | Path, labeled: int = 30, seed: int = 0) -> tuple[SliceSet, list[Volume]]:

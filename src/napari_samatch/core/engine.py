@@ -30,6 +30,7 @@ import torch
 
 from . import distributed
 from . import events as ev
+from . import faults
 from .checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
 from .device import autocast, select_device, set_threads, tune_cpu_allocator
@@ -40,6 +41,7 @@ from .refiner import Refiner
 from .schedule import PolySchedule
 from .slices import SliceSet
 from .steps import samatch_pseudo, supervised_step, unimatch_step
+from .store import training_slices
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -92,9 +94,9 @@ class Engine:
 
     # ----------------------------------------------------------------- data
     def _load_tensors(self) -> None:
-        images, labels, labeled = self.data.to_tensors(self.config.size)
-        self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        # stacked tensors, or SliceStores reading on demand when the data is lazy or over data_budget_mb
+        self.images, self.labels, labeled = training_slices(self.data, self.config.size, self.device,
+                                                            self.config.data_budget_mb)
         self.labeled_idx = torch.nonzero(labeled).flatten()
         self.unlabeled_idx = torch.nonzero(~labeled).flatten()
         if len(self.labeled_idx) == 0:
@@ -209,14 +211,24 @@ class Engine:
             distributed.broadcast_buffers(self.unet)  # all ranks end equal to what rank 0 saves
             summary = self.summary(time_s=sum(step_times))
             if ckpt_dir:
-                path = self.save(ckpt_dir / "last.pt")
+                path = faults.final_save(self, ckpt_dir / "last.pt", stopped=False)
                 emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
             emit(ev.DONE, "Training finished", summary)
             return summary
         except StopRequested:
-            path = self.save(ckpt_dir / "last.pt") if ckpt_dir else None
+            path = faults.final_save(self, ckpt_dir / "last.pt", stopped=True) if ckpt_dir else None
             emit(ev.STOPPED, "Stopped" + (f"; checkpoint {path}" if path else ""), {"path": str(path) if path else None})
             return self.summary(time_s=sum(step_times), stopped=True)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; anything else is re-raised
+            if not faults.is_out_of_memory(exc):
+                raise
+        # Out of memory. Handled here, after the except block, so its traceback and the failed step's
+        # tensors it holds are already released.
+        error, path = faults.out_of_memory(self, state["stage"], ckpt_dir)
+        if path:
+            emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+        emit(ev.ERROR, str(error))
+        raise error
 
     def _run_stage(self, name: str, n: int, emit, state: dict, step_times: list[float], ckpt_dir: Path | None) -> None:
         c = self.config
@@ -250,8 +262,7 @@ class Engine:
                 self._track_best(metrics)
                 emit(ev.METRICS, data=metrics)
             if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
-                path = self.save(ckpt_dir / "last.pt")
-                emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+                faults.periodic_save(self, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
 
     def _sample(self, pool: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
         pick = torch.randint(len(pool), (k,), generator=gen or self.gen)
@@ -418,6 +429,8 @@ class Engine:
         """Resume a run: the same config (plus overrides such as device), models, optimisers and position."""
         payload = load_checkpoint(path)
         config = from_dict({**payload["config"], **overrides})
+        if "device" not in overrides:  # an explicit device wins; a saved "cuda" on a CPU-only machine is a sentence
+            faults.check_resume_device(config)
         engine = cls(data, config, val=val)
         engine.load_state(payload)
         return engine

@@ -26,3 +26,7 @@ class ConfigError(SamatchError, ValueError):
 
 class StorageError(SamatchError, OSError):
     """A file could not be written (missing folder, no permission, disk full)."""
+
+
+class ResourceError(SamatchError):
+    """The machine ran out of something a run needs (device or host memory)."""

@@ -3,6 +3,10 @@
 Images are per-slice min-max normalised to [0, 1] at their original size; ``to_tensors`` resamples
 them to the square training frame. ``hidden`` holds ground truth that training never sees (benchmarks
 use it to measure pseudo-label quality).
+
+The three per-slice sequences are usually lists, but may be lazy (``core.lazy``: read from disk on
+access, for cohorts larger than memory). Methods here never read every slice of a lazy sequence:
+which slices have a label comes from ``present()``, shapes from ``shape_of(i)``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +41,9 @@ def default_class_names(num_classes: int) -> list[str]:
 class SliceSet:
     """Parallel per-slice lists; see the module docstring. Build with the ``from_*`` constructors."""
 
-    images: list[np.ndarray]
-    labels: list[np.ndarray | None]
-    hidden: list[np.ndarray | None]
+    images: Sequence[np.ndarray]          # a list, or core.lazy.LazySlices
+    labels: Sequence[np.ndarray | None]   # a list, or core.lazy.LazyLabels
+    hidden: Sequence[np.ndarray | None]
     ids: list[str]
     groups: list[str]
     positions: list[int]
@@ -57,15 +61,29 @@ class SliceSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def is_lazy(self) -> bool:
+        """True when the images are read from disk on access (``core.lazy``)."""
+        return bool(getattr(self.images, "lazy", False))
+
     def labeled_indices(self) -> list[int]:
-        return [i for i, lab in enumerate(self.labels) if lab is not None]
+        return [i for i, has in enumerate(_present(self.labels)) if has]
 
     def unlabeled_indices(self) -> list[int]:
-        return [i for i, lab in enumerate(self.labels) if lab is None]
+        return [i for i, has in enumerate(_present(self.labels)) if not has]
+
+    def hidden_indices(self) -> list[int]:
+        """Unlabeled slices with hidden ground truth (for a lazy ``hidden``: those that may have one)."""
+        return [i for i, (lab, hid) in enumerate(zip(_present(self.labels), _present(self.hidden))) if hid and not lab]
+
+    def image_shape(self, i: int) -> tuple[int, ...]:
+        """(H, W) of slice ``i``; a lazy source answers from the file's header."""
+        shape_of = getattr(self.images, "shape_of", None)
+        return tuple(shape_of(i)) if shape_of is not None else tuple(self.images[i].shape)
 
     def subset(self, indices: Iterable[int]) -> SliceSet:
         ix = [int(i) for i in indices]
-        return SliceSet([self.images[i] for i in ix], [self.labels[i] for i in ix], [self.hidden[i] for i in ix],
+        return SliceSet(_take(self.images, ix), _take(self.labels, ix), _take(self.hidden, ix),
                         [self.ids[i] for i in ix], [self.groups[i] for i in ix], [self.positions[i] for i in ix],
                         self.num_classes, list(self.class_names))
 
@@ -82,14 +100,17 @@ class SliceSet:
             raise DataError(f"At least 2 classes (background + one) are needed, got {self.num_classes}.")
         present: set[int] = set()  # the smallest and largest class over the labeled slices
         for kind, arrs in (("label", self.labels), ("hidden label", self.hidden)):
-            for i, lab in enumerate(arrs):
+            if kind == "hidden label" and getattr(arrs, "lazy", False):
+                continue  # lazy hidden labels: one per unlabeled slice, far too many to read; read when scored
+            for i, has in enumerate(_present(arrs)):
+                lab = arrs[i] if has else None
                 if lab is None:
                     continue
                 if kind == "label" and lab.size:
                     present.update((int(lab.min()), int(lab.max())))
-                if lab.shape != self.images[i].shape:
+                if lab.shape != self.image_shape(i):
                     raise DataError(f"The {kind} of slice {self.ids[i]} has shape {lab.shape} but its image "
-                                    f"{self.images[i].shape}; they must match.")
+                                    f"{self.image_shape(i)}; they must match.")
                 if lab.size and int(lab.min()) < 0:
                     raise DataError(f"Slice {self.ids[i]} has a negative {kind}; use 0 for background, 1.. classes.")
                 if lab.size and int(lab.max()) >= self.num_classes:
@@ -114,9 +135,10 @@ class SliceSet:
         ``images`` float32 (N, 1, S, S), ``labels`` int64 (N, S, S) with -1 on unlabeled slices, and
         ``labeled`` bool (N,).
         """
-        images = resize_images(self.images, size)
-        labels = resize_label_list(self.labels, size)
-        labeled = torch.tensor([lab is not None for lab in self.labels], dtype=torch.bool)
+        # a lazy source is read once here (everything: only for data known to fit memory)
+        images = resize_images(list(self.images) if self.is_lazy else self.images, size)
+        labels = resize_label_list(list(self.labels) if getattr(self.labels, "lazy", False) else self.labels, size)
+        labeled = torch.tensor(_present(self.labels), dtype=torch.bool)
         return images, labels, labeled
 
     def hidden_tensor(self, size: int) -> torch.Tensor:
@@ -191,11 +213,16 @@ class SliceSet:
 
     @classmethod
     def from_ssl4mis(cls, root: str | os.PathLike, labeled_count: int = 68, list_file: str = "train_slices.list",
-                     limit: int | None = None) -> SliceSet:
+                     limit: int | None = None, lazy: bool = False) -> SliceSet:
         """ACDC in the SSL4MIS layout: the first ``labeled_count`` listed slices are labeled, the rest
-        unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests)."""
+        unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests).
+        ``lazy`` reads no pixels now: every slice is read from its file when used (``core.lazy``)."""
         from .io import read_ssl4mis_slices
 
+        if lazy:
+            from .lazy import ssl4mis_slices
+
+            return ssl4mis_slices(root, labeled_count, list_file, limit=limit)
         vols = read_ssl4mis_slices(root, list_file, limit=limit)
         if not 0 < labeled_count <= len(vols):
             raise DataError(f"labeled_count must be between 1 and {len(vols)} (the listed slices), "
@@ -207,6 +234,18 @@ class SliceSet:
             ids=[v.name for v in vols], groups=[v.metadata["group"] for v in vols],
             positions=[v.metadata["position"] for v in vols], num_classes=4, class_names=list(ACDC_CLASS_NAMES),
         ).validate()
+
+
+def _present(seq: Sequence[Any]) -> list[bool]:
+    """Which entries are not None; a lazy sequence knows without reading its files."""
+    present = getattr(seq, "present", None)
+    return present() if present is not None else [x is not None for x in seq]
+
+
+def _take(seq: Sequence[Any], ix: list[int]) -> Sequence[Any]:
+    if getattr(seq, "lazy", False):  # a lazy sequence stays lazy (not ndarray.take: that flattens)
+        return seq.take(ix)  # type: ignore[attr-defined]
+    return [seq[i] for i in ix]
 
 
 # ----------------------------------------------------------------------------------- resampling

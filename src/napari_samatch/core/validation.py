@@ -54,7 +54,7 @@ class Validator:
         # slices of a volume in their stored order
         self.groups = {g: sorted(ix, key=lambda i: val.positions[i]) for g, ix in groups.items()}
         data = engine.data
-        hidden = [i for i in range(len(data)) if data.labels[i] is None and data.hidden[i] is not None]
+        hidden = data.hidden_indices()  # without reading a lazy SliceSet's files
         rng = np.random.default_rng(engine.config.seed)
         self.pseudo_idx = sorted(rng.choice(hidden, size=min(pseudo_sample, len(hidden)), replace=False).tolist()) if hidden else []
         if self.pseudo_idx:
@@ -66,7 +66,7 @@ class Validator:
         per_volume = []
         with e.lock:
             for g, ix in self.groups.items():
-                gt_shapes = {self.val.images[i].shape for i in ix}
+                gt_shapes = {self.val.image_shape(i) for i in ix}  # a lazy source reads only headers
                 if len(gt_shapes) == 1:
                     stack = np.stack([self.val.images[i] for i in ix])
                     pred = predict_volume(e.unet, stack, e.config.size, e.device, amp=autocast(e.device, e.config.amp))
