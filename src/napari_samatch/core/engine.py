@@ -114,6 +114,8 @@ class Engine:
         self.data = data.validate()
         self._load_tensors()
         self.stage_index, self.stage_iter = 0, 0
+        if self._refiner is not None:
+            self._refiner.trusted = None  # judged again on the grown labeled set
 
     # ----------------------------------------------------------------- models
     @property
@@ -131,6 +133,24 @@ class Engine:
             self.sam.freeze_for(self.config.sam_mode)
             self._refiner = Refiner(self.sam, self.config, self.device)
         return self._refiner
+
+    def calibrate_sam(self) -> str:
+        """Measure which classes SAM may refine (``Refiner.calibrate`` on up to ``calibrate_slices``
+        labeled slices, evenly spread); returns a line saying so. A no-op when ``sam_trust_dice`` is 0."""
+        c = self.config
+        if c.sam_trust_dice <= 0:
+            return ""
+        lab = self.labeled_idx
+        pick = lab[torch.linspace(0, len(lab) - 1, min(len(lab), c.calibrate_slices)).round().long()]
+        with self.lock, torch.no_grad():
+            self.sam.eval()
+            dice = self.refiner.calibrate(pick.tolist(), self.images[pick], self.labels[pick])
+        names = c.class_names
+        sam = [f"{names[k]} {d:.2f}" for k, d in dice.items() if k in self.refiner.trusted]
+        kept = [f"{names[k]} {d:.2f}" for k, d in dice.items() if k not in self.refiner.trusted]
+        return (f"SAM's Dice from ground-truth boxes on {len(pick)} labeled slices: SAM refines "
+                f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {', '.join(kept)} "
+                                                     f"(below {c.sam_trust_dice:g})" if kept else ""))
 
     def _sam_optimizer(self) -> torch.optim.Optimizer:
         if self.opt_sam is None:
@@ -238,6 +258,10 @@ class Engine:
             sched_sam = PolySchedule(opt_sam, total=n, power=c.poly_power)
         else:
             sched_sam = None
+        samatch = name == "joint" and c.method == "samatch"
+        calibrate = (lambda: emit(ev.LOG, self.calibrate_sam())) if samatch and c.sam_trust_dice > 0 else None
+        if calibrate:
+            calibrate()
         while self.stage_iter < n:
             self._checkpoint_point(emit, name)
             t0 = time.perf_counter()
@@ -256,7 +280,9 @@ class Engine:
             emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
             it = self.stage_iter
             if self.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
-                metrics = self.validator.evaluate(with_pseudo=(name == "joint" and c.method == "samatch"))
+                if calibrate:  # SAM has been learning: which classes it may refine can change
+                    calibrate()
+                metrics = self.validator.evaluate(with_pseudo=samatch)
                 metrics.update(stage=name, iteration=it, global_iteration=state["global"])
                 self.history.append(metrics)
                 self._track_best(metrics)
@@ -357,6 +383,8 @@ class Engine:
         probs = self.predict(indices)
         out: dict[str, Any] = {"indices": indices, "raw": probs.argmax(1).cpu().numpy().astype(np.uint8)}
         if self._uses_sam():
+            if self.refiner.trusted is None:
+                self.calibrate_sam()
             with self.lock, torch.no_grad():
                 self.sam.eval()
                 refined = self.refiner.refine(probs, indices, self.images[indices])

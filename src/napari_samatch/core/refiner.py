@@ -41,6 +41,11 @@ class Refiner:
         self.config = config
         self.device = device
         self.cache = cache if cache is not None else EmbeddingCache(budget_mb=config.cache_budget_mb)
+        # Classes SAM may refine (None: all, until calibrate() has measured them). A class SAM cannot
+        # segment from a box (ACDC's myocardium ring: the box returns the filled disk) gets no prompt,
+        # and the fusion keeps the Match model's label there.
+        self.trusted: set[int] | None = None
+        self.box_dice: dict[int, float] = {}
 
     @property
     def trains_encoder(self) -> bool:
@@ -67,9 +72,38 @@ class Refiner:
                                frame_size=self.config.size)
 
     def prompts_for(self, probs: torch.Tensor) -> Prompts:
+        """Prompts from the Match probabilities, for the trusted classes only (see :meth:`calibrate`)."""
         c = self.config
-        return prompts_from_probs(probs, conf_thresh=c.prompt_thresh, bbox_shift=c.bbox_shift,
-                                  components=c.components, points=c.points, negative_points=c.negative_points)
+        prompts = prompts_from_probs(probs, conf_thresh=c.prompt_thresh, bbox_shift=c.bbox_shift,
+                                     components=c.components, points=c.points, negative_points=c.negative_points)
+        if self.trusted is None or len(prompts) == 0:
+            return prompts
+        keep = torch.tensor([int(k) in self.trusted for k in prompts.class_index.tolist()], dtype=torch.bool)
+        return prompts.select(keep)
+
+    @torch.no_grad()
+    def calibrate(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
+        """Measure, per class, how well SAM segments labeled slices from their ground-truth boxes, after
+        the same fusion as refinement; trust the classes whose Dice reaches ``config.sam_trust_dice``.
+
+        The labeled slices are the only ground truth there is: a class SAM cannot get right even from an
+        exact box cannot be improved by SAM from the Match model's (worse) box. Returns {class: Dice}.
+        """
+        c = self.config
+        prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=c.bbox_shift, points=c.points,
+                                      negative_points=c.negative_points, jitter=False).to(self.device)
+        if len(prompts) == 0:
+            return {}
+        logits, _ = self.decode(self.embeddings(keys, images), prompts)
+        fused, _ = fuse(logits.float(), prompts, c.num_classes, nested=c.nested_fusion)
+        labels = labels.to(fused.device)
+        self.box_dice = {}
+        for k in sorted(set(prompts.class_index.tolist())):
+            p, g = fused == k, labels == k
+            self.box_dice[int(k)] = float(2 * (p & g).sum() / (p.sum() + g.sum()).clamp(min=1))
+        # a class never seen on the labeled slices stays trusted: there is nothing to judge it by
+        self.trusted = {k for k in range(1, c.num_classes) if self.box_dice.get(k, 1.0) >= c.sam_trust_dice}
+        return dict(self.box_dice)
 
     def refine(self, probs: torch.Tensor, keys: Sequence[int], images: torch.Tensor,
                prompts: Prompts | None = None, emb: torch.Tensor | None = None) -> Refined:

@@ -1,0 +1,71 @@
+"""Which classes SAM may refine: ``Refiner.calibrate`` on labeled slices, and what refinement does with it.
+
+SAM's decoder is replaced by a stand-in that returns the exact mask of class 1 and garbage for class 2,
+so the rule is checked without any model: class 2 loses its prompts and keeps the Match model's label.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samatch.core.config import RunConfig
+from napari_samatch.core.errors import ConfigError
+from napari_samatch.core.refiner import Refiner
+
+S = 32
+
+
+def _labels() -> torch.Tensor:
+    lab = torch.zeros(2, S, S, dtype=torch.long)
+    lab[:, 4:12, 4:12] = 1
+    lab[:, 18:28, 16:30] = 2
+    return lab
+
+
+class _Decoder:
+    """Class 1: the true mask inside its box. Class 2: the box's top-left quarter only."""
+
+    def __call__(self, emb, prompts):
+        out = torch.full((len(prompts), S, S), -10.0)
+        for p, (c, box) in enumerate(zip(prompts.class_index.tolist(), prompts.boxes.long().tolist())):
+            x0, y0, x1, y1 = box
+            if c == 1:
+                out[p, 4:12, 4:12] = 10.0
+            else:
+                out[p, y0:(y0 + y1) // 2, x0:(x0 + x1) // 2] = 10.0
+        return out, torch.ones(len(prompts))
+
+
+def _refiner(trust: float) -> Refiner:
+    config = RunConfig(size=S, num_classes=3, class_names=["background", "good", "bad"], sam_trust_dice=trust,
+                       bbox_shift=0, device="cpu")
+    ref = Refiner(sam=None, config=config, device=torch.device("cpu"))
+    ref.embeddings = lambda keys, images: torch.zeros(len(keys), 1)
+    ref.decode = _Decoder()
+    return ref
+
+
+def test_calibrate_trusts_only_classes_sam_gets_right_from_true_boxes():
+    ref = _refiner(0.8)
+    dice = ref.calibrate([0, 1], torch.zeros(2, 1, S, S), _labels())
+    assert dice[1] == pytest.approx(1.0) and dice[2] < 0.5
+    assert ref.trusted == {1}
+
+
+def test_an_untrusted_class_gets_no_prompt_and_keeps_the_match_label():
+    ref = _refiner(0.8)
+    labels = _labels()
+    ref.calibrate([0, 1], torch.zeros(2, 1, S, S), labels)
+    probs = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 0.9 + 0.05
+    refined = ref.refine(probs, [0, 1], torch.zeros(2, 1, S, S))
+    assert set(refined.prompts.class_index.tolist()) == {1}
+    assert torch.equal(refined.labels, labels)  # class 1 from SAM (exact), class 2 from the Match model
+
+
+def test_trust_zero_refines_every_class_and_bad_values_are_refused():
+    ref = _refiner(0.0)
+    ref.calibrate([0, 1], torch.zeros(2, 1, S, S), _labels())
+    assert ref.trusted == {1, 2}
+    with pytest.raises(ConfigError, match="sam_trust_dice"):
+        RunConfig(sam_trust_dice=1.5)
