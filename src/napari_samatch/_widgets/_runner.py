@@ -97,10 +97,19 @@ class TrainingJob(QObject):
         return self._stop.is_set()
 
     def _on_returned(self, result: dict) -> None:
+        self._release()
         self.done.emit(result)
 
     def _on_errored(self, exc: BaseException) -> None:  # only if _work itself breaks
-        self.done.emit({"engine": self.engine, "summary": None, "error": failure_message(exc)})
+        result = {"engine": self.engine, "summary": None, "error": failure_message(exc)}
+        self._release()
+        self.done.emit(result)
+
+    def _release(self) -> None:
+        # A finished worker outlives its run and keeps this job alive; the job must not keep the data
+        # (make_engine's closure holds the volume) or the engine once the controller has them.
+        self.make_engine = None
+        self.engine = None
 
     # ------------------------------------------------------------------ worker thread
     def _emit(self, event: ev.Event) -> None:

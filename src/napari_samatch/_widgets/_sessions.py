@@ -142,9 +142,16 @@ class SessionManager(QObject):
             self._saving = in_flight
             return
         self._saving = True
-        worker = create_worker(self._write, target, state, ckpt, skip_if, _start_thread=False)
+        # The snapshot travels in a dict the worker empties: finished workers outlive their run (the
+        # worker object keeps its arguments), and each snapshot holds copies of the labels, pseudo-labels,
+        # confidence and maybe the image - 0.75 GB for a 300 x 512 x 512 volume, kept per autosave.
+        job = {"state": state}
+        worker = create_worker(self._write_job, target, job, ckpt, skip_if, _start_thread=False)
         worker.returned.connect(self._done)
         worker.start()
+
+    def _write_job(self, folder: Path, job: dict, ckpt: Path | None, skip_if: str | None) -> dict:
+        return self._write(folder, job.pop("state"), ckpt, skip_if)
 
     def _write(self, folder: Path, state: SessionState, ckpt: Path | None, skip_if: str | None) -> dict:
         """Worker thread: write the session, unless only the labels were flagged and they are unchanged."""

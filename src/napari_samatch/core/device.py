@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import sys
 
 import torch
@@ -77,7 +78,7 @@ def tune_cpu_allocator() -> bool:
     global _allocator_tuned
     if _allocator_tuned:
         return True
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get("NAPARI_SAMATCH_MALLOPT", "1") == "0":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
