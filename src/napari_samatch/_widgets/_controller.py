@@ -7,6 +7,7 @@ back through Qt signals.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 import weakref
@@ -423,8 +424,17 @@ def _finish_on_quit() -> None:
 
     app = QApplication.instance()
     if app is not None and id(app) not in _QUIT_HOOKED:
+        if not _QUIT_HOOKED:  # a script that closes its viewer and ends never quits the app
+            atexit.register(_finish_at_exit)
         app.aboutToQuit.connect(finish_workers)
         _QUIT_HOOKED.add(id(app))
+
+
+def _finish_at_exit() -> None:
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is not None:
+        finish_workers()
 
 
 __all__ = ["Controller", "finish_workers", "get_controller", "unwrap"]
