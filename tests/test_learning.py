@@ -86,7 +86,8 @@ def acdc_run(acdc):
     pick = [unl_all[int(i)] for i in np.linspace(0, len(unl_all) - 1, ACDC_UNLABELED).round()]
     data = full.subset(list(range(68)) + pick)
     config = preset("quick", warmup_method="supervised", warmup_iters=600, sam_iters=0, joint_iters=0, lr=0.05,
-                    size=128, eval_every=0, checkpoint_every=0, device="cpu", threads=2, seed=0)
+                    size=128, eval_every=0, checkpoint_every=0, device="cpu", threads=2, seed=0,
+                    sam_trust_dice=0.8)  # the class-trust rule (off by default, see core/config.py)
     engine = Engine(data, config.replace(num_classes=4, class_names=list(data.class_names)))
     engine.run()
     unl = data.unlabeled_indices()

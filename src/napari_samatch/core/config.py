@@ -66,9 +66,10 @@ class RunConfig:
     # SAM refines only the classes it segments from ground-truth boxes on the labeled slices with at
     # least this Dice (Refiner.calibrate); the others keep the Match model's label. 0 = refine all.
     # Measured zero-shot (LiteMedSAM, nested fusion, 128 px): ACDC RV 0.92, Myo 0.71, LV 0.96; phantom
-    # 0.95 / 0.88 / 0.97. With 0.8, ACDC's Myo stays the Match model's, which lifted the refined
-    # pseudo-labels above the raw ones (docs/benchmarks.md, "Which classes SAM refines").
-    sam_trust_dice: float = 0.8
+    # 0.95 / 0.88 / 0.97. With 0.8, ACDC's Myo stays the Match model's, which lifted zero-shot refined
+    # pseudo-labels above the raw ones; but in training runs the Match model learned less with it (demo
+    # final Dice 0.766 vs 0.907; docs/benchmarks.md, "Which classes SAM refines"), so it is off by default.
+    sam_trust_dice: float = 0.0
     calibrate_slices: int = 16
     # multiply SAM's confidence by its own IoU prediction (off: LiteMedSAM's IoU head rarely exceeds 0.9,
     # which would push every pixel under the 0.95 loss threshold)
