@@ -7,7 +7,6 @@ back through Qt signals.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import time
 import weakref
@@ -28,11 +27,11 @@ from ..core.slices import SliceSet, default_class_names
 from ..core.volume import Volume
 from ._layers import slice_shape
 from ._runner import TrainingJob
+from ._shutdown import _finish_on_quit, finish_workers
 from ._slicing import build_slices, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
 _CONTROLLERS: dict[int, "Controller"] = {}
-_QUIT_HOOKED: set[int] = set()  # applications whose quit already waits for our workers
 
 
 def unwrap(viewer: Any) -> Any:
@@ -402,39 +401,6 @@ class Controller(QObject):
         """Ask a running job to end within one step (used when napari quits)."""
         if self.job is not None:
             self.job.stop()
-
-
-def finish_workers(timeout_ms: int = 60_000) -> bool:
-    """Stop every viewer's run and wait for all worker threads (training, box edits, autosaves).
-
-    Called when the application quits: an autosave still writing then finishes instead of dying with
-    the process (its atomic write would keep the previous session, but the latest edits would be lost),
-    and no worker outlives the Qt objects it signals. True when all ended within the timeout.
-    """
-    from qtpy.QtCore import QThreadPool
-
-    for ctl in list(_CONTROLLERS.values()):
-        ctl.stop_job()
-    return bool(QThreadPool.globalInstance().waitForDone(timeout_ms))
-
-
-def _finish_on_quit() -> None:
-    """Connect :func:`finish_workers` to the application's quit, once per process."""
-    from qtpy.QtWidgets import QApplication
-
-    app = QApplication.instance()
-    if app is not None and id(app) not in _QUIT_HOOKED:
-        if not _QUIT_HOOKED:  # a script that closes its viewer and ends never quits the app
-            atexit.register(_finish_at_exit)
-        app.aboutToQuit.connect(finish_workers)
-        _QUIT_HOOKED.add(id(app))
-
-
-def _finish_at_exit() -> None:
-    from qtpy.QtWidgets import QApplication
-
-    if QApplication.instance() is not None:
-        finish_workers()
 
 
 __all__ = ["Controller", "finish_workers", "get_controller", "unwrap"]

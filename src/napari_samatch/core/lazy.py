@@ -21,6 +21,8 @@ zarr is not supported (the package is not a dependency; the two readers above co
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -153,8 +155,9 @@ class _LazySequence(Sequence):
             return self.take(range(len(self))[i])
         return self._read(self.refs[i])
 
+    @abstractmethod
     def _read(self, ref: SliceRef | None) -> Any:
-        raise NotImplementedError
+        """One slice's array from its reference (each kind of sequence reads its own way)."""
 
     def take(self, indices: Iterable[int]) -> "_LazySequence":
         """The sub-sequence at ``indices``, still lazy."""
