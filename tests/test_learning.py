@@ -71,9 +71,16 @@ def test_prompts_are_boxes_on_predicted_classes(run):
 # ----------------------------------------------------------------------------------------- real ACDC
 # 3 labeled cases (the first 68 slices of train_slices.list), 600 supervised steps of batch 4 at 128 px,
 # then the bundled LiteMedSAM zero-shot on 24 unlabeled slices spread evenly over the rest of the list.
-# Measured on the 2-vCPU CI machine (2026-12-02, about 2.5 min): SAM's Dice from ground-truth boxes on 16
-# labeled slices RV 0.92 / Myo 0.71 / LV 0.96, so with sam_trust_dice 0.8 the myocardium keeps the Match
-# label; Dice RV/Myo/LV raw 0.416/0.317/0.418 (mean 0.384), refined 0.482/0.317/0.404 (mean 0.401).
+# SAM's Dice from ground-truth boxes on 16 labeled slices: RV 0.92 / Myo 0.71 / LV 0.96 on every machine
+# so far, so with sam_trust_dice 0.8 the myocardium keeps the Match label.
+# The Match model after 600 steps is weak, and which machine trains it matters. Mean Dice raw -> refined:
+#   Intel Xeon (AMX), 2026-12-02, seed 0:          0.384 -> 0.401 (RV 0.416 -> 0.482)
+#   AMD EPYC, 2026-12-02, seed 0:                  0.326 -> 0.320 (RV 0.448 -> 0.432)
+#   AMD EPYC, seed 1:                              0.344 -> 0.373 (RV 0.429 -> 0.483)
+#   AMD EPYC, seed 0, fp32 (no bf16 autocast):     0.317 -> 0.374 (RV 0.406 -> 0.527)
+# So "refined beats raw by a margin" is a coin with this weak a Match model, and is asserted on the
+# phantom above; here the test holds what does not depend on the machine: the ring keeps the Match
+# label exactly, and refining the trusted classes never costs more than noise.
 ACDC_UNLABELED = 24
 
 
@@ -100,12 +107,12 @@ def acdc_run(acdc):
     return engine, message, probs, refined, hidden
 
 
-def test_acdc_sam_refined_pseudo_labels_beat_the_raw_ones(acdc_run):
+def test_acdc_trust_rule_keeps_the_ring_and_refinement_costs_nothing(acdc_run):
     engine, message, probs, refined, hidden = acdc_run
     raw, ref = per_class(probs.argmax(1), hidden), per_class(refined.labels, hidden)
     print(f"\nACDC, 3 cases, 600 supervised steps: {message}\nDice RV/Myo/LV raw {np.round(raw, 3)} mean "
           f"{raw.mean():.3f}; SAM-refined {np.round(ref, 3)} mean {ref.mean():.3f}")
-    assert raw.mean() >= 0.30                # the Match model learned (measured 0.384)
-    assert 2 not in engine.refiner.trusted   # the ring: SAM's box Dice 0.71 < 0.8, the Match label stays
-    assert ref[0] >= raw[0] + 0.03           # RV: measured +0.066
-    assert ref.mean() > raw.mean()           # measured 0.401 against 0.384
+    assert raw.mean() >= 0.25                     # the Match model learned (measured 0.317-0.384)
+    assert engine.refiner.trusted == {1, 3}       # RV and LV; the ring's box Dice 0.71 < 0.8
+    assert ref[1] == pytest.approx(raw[1])        # the ring is the Match model's, pixel for pixel
+    assert ref.mean() >= raw.mean() - 0.03        # measured -0.006 .. +0.057 (see above)

@@ -30,11 +30,11 @@ import torch
 
 from . import distributed
 from . import events as ev
-from . import faults
-from .checkpoint import check_state_fits, load_checkpoint, save_checkpoint
+from . import faults, persistence
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, from_dict
 from .device import autocast, select_device, set_threads, tune_cpu_allocator
-from .errors import CheckpointError, DataError
+from .errors import DataError
 from .inference import predict_probs
 from .models.unet import UNet
 from .refiner import Refiner
@@ -404,21 +404,8 @@ class Engine:
 
     # ----------------------------------------------------------------- persistence
     def state_payload(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "config": self.config.to_dict(), "unet": self.unet.state_dict(), "opt_unet": self.opt_unet.state_dict(),
-            "stage_index": self.stage_index, "stage_iter": self.stage_iter, "history": self.history,
-            "best": self.best, "gen_state": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-        }
-        if self._best_state is not None:
-            payload["unet_best"] = self._best_state
-        if self._sam is not None:
-            payload["sam"] = self._sam.state_dict()
-            payload["sam_fingerprint"] = self._sam.fingerprint()
-            if self.opt_sam is not None:
-                payload["opt_sam"] = self.opt_sam.state_dict()
-        if distributed.active():  # a collective: every rank's own random streams, for an exact resume
-            payload["rank_rng"] = distributed.gather_rng(self.rank_gen)
-        return payload
+        """Everything a resume needs (models, optimisers, position, random streams); see core/persistence.py."""
+        return persistence.state_payload(self)
 
     def save(self, path: str | Path) -> Path:
         """Write a checkpoint. Under torchrun every rank must call this (it gathers the ranks' random
@@ -431,25 +418,8 @@ class Engine:
         return path
 
     def load_state(self, payload: dict[str, Any]) -> None:
-        fix = "Was it made with other classes or another SAM backend?"
-        check_state_fits(self.unet, payload.get("unet"), "The checkpoint", "Match model", fix)
-        try:
-            self.opt_unet.load_state_dict(payload["opt_unet"])
-            if "sam" in payload:
-                self.sam.load_state_dict(payload["sam"])
-                if "opt_sam" in payload:
-                    self._sam_optimizer().load_state_dict(payload["opt_sam"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"The checkpoint does not fit these models ({str(exc)[:200]}). "
-                                  "Was it made with other classes or another SAM backend?") from exc
-        self.stage_index, self.stage_iter = int(payload["stage_index"]), int(payload["stage_iter"])
-        self.history = list(payload.get("history", []))
-        self.best = dict(payload.get("best", self.best))
-        self._best_state = payload.get("unet_best")
-        self.gen.set_state(payload["gen_state"])
-        torch.set_rng_state(payload["torch_rng"])
-        if distributed.active():
-            self.rank_gen = distributed.restore_rng(payload.get("rank_rng"), self.rank_gen, self.config.seed)
+        """Restore what :meth:`state_payload` saved; a CheckpointError says what does not fit."""
+        persistence.load_state(self, payload)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, data: SliceSet, val: SliceSet | None = None,
