@@ -58,7 +58,7 @@ METHODS: dict[str, dict[str, Any]] = {
 #   (each is encoded once by SAM at 256 px, 4-6 s a slice on that CPU).
 PROFILES: dict[str, dict[str, Any]] = {
     "gpu-paper": {"size": 256, "warmup_iters": 0, "sam_iters": 1000, "joint_iters": 30000,
-                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.01, "sam_lr": 1e-5,
+                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.01, "sam_lr": 1e-4,
                   "sam_every": 1, "eval_every": 1000, "warmup_method": "unimatch", "device": "auto", "threads": 0,
                   "limit_unlabeled": None, "pseudo_sample": 16, "methods": list(METHODS)},
     # samatch-full is left out of cpu-quick's default list: in "full" mode LiteMedSAM's encoder runs forward
@@ -66,7 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # one joint step at batch 1 + 1, 1 thread), hours at this budget. Ask for it with --methods.
     # lr 0.05: at this budget 0.01 learned nothing on ACDC (mean Dice 0.005), 0.05 reached 0.35 (2026-11-25).
     "cpu-quick": {"size": 128, "warmup_iters": 150, "sam_iters": 30, "joint_iters": 100,
-                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.05, "sam_lr": 1e-5,
+                  "batch_labeled": 4, "batch_unlabeled": 4, "optimizer": "sgd", "lr": 0.05, "sam_lr": 1e-4,
                   "sam_every": 4, "eval_every": 50, "warmup_method": "supervised", "device": "cpu", "threads": 2,
                   "limit_unlabeled": 32, "pseudo_sample": 16,
                   "methods": ["supervised", "unimatch", "samatch-decoder"]},

@@ -6,8 +6,8 @@ SAM's masks from the exact ground-truth boxes of ``--unlabeled`` slices it never
 over the rest of the list) are scored against their hidden labels: per mask (each prompt's own mask
 against its class) and after the nested fusion (the pseudo-label the Match model would learn from).
 
-    python benchmarks/sam_finetune.py                                   # sam_fill_targets on, sam_lr 1e-5
-    python benchmarks/sam_finetune.py --set sam_fill_targets=false --set sam_lr=1e-4    # before 2026-12-02
+    python benchmarks/sam_finetune.py                                                   # the defaults
+    python benchmarks/sam_finetune.py --set sam_fill_targets=true --set sam_lr=0.00001  # filled targets, 1e-5
 """
 
 from __future__ import annotations
