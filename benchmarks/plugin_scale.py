@@ -16,16 +16,14 @@ final preview encodes all slices (0.6-7 s each on the 2-vCPU VM, depending on it
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
+
+from _memory import PhaseLog
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -47,18 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_samatch.core.sample import make_cardiac_phantom
 
-    proc, t0, phases, samples = psutil.Process(), time.perf_counter(), [], []
-
-    def rss() -> float:
-        return proc.memory_info().rss / 2**20
-
-    def phase(name: str, **extra) -> None:
-        row = {"phase": name, "seconds": round(time.perf_counter() - t0, 1), "rss_mib": round(rss(), 1),
-               "peak_sampled_mib": round(max([s for _, s in samples] or [rss()]), 1),
-               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
-        phases.append(row)
-        print(f"{name:10s} {row['seconds']:7.1f} s  RSS {row['rss_mib']:7.0f} MiB  peak {row['peak_rss_mib']:7.0f} MiB"
-              + "".join(f"  {k} {v}" for k, v in extra.items()), flush=True)
+    log = PhaseLog(sampled=True)
+    phase = log.phase
 
     # the phantom's anatomy at 12 slices, stretched to the CT's slice count (as benchmarks/scale.py)
     small = make_cardiac_phantom(shape=(12, args.side, args.side))
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl = docks["Data"].ctl
     viewer.window.show()
     timer = QTimer()
-    timer.timeout.connect(lambda: samples.append((time.perf_counter() - t0, rss())))
+    timer.timeout.connect(log.sample)
     timer.start(500)
     end = time.perf_counter() + 1.0
     while time.perf_counter() < end:
@@ -106,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     timer.stop()
     viewer.close()
 
-    report = {"machine": platform.platform(), "args": {k: str(v) for k, v in vars(args).items()},
-              "total_ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "phases": phases,
-              "rss_samples": [(round(t, 1), round(m, 1)) for t, m in samples]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"peak RSS {phases[-1]['peak_rss_mib']:.0f} MiB of {report['total_ram_gib']} GiB; wrote {args.out}")
+    log.write(args.out, args)
     return 0
 
 

@@ -21,16 +21,13 @@ Prints one line per phase and writes ``benchmarks/results/scale.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
+
+from _memory import PhaseLog
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -55,15 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from napari_samatch.core.sample import make_cardiac_phantom
     from napari_samatch.core.writers import write_mask
 
-    proc, t0, phases = psutil.Process(), time.perf_counter(), []
-
-    def phase(name: str, **extra) -> None:
-        row = {"phase": name, "seconds": round(time.perf_counter() - t0, 1),
-               "rss_mib": round(proc.memory_info().rss / 2**20, 1),
-               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **extra}
-        phases.append(row)
-        print(f"{name:8s} {row['seconds']:7.1f} s  RSS {row['rss_mib']:7.0f} MiB  peak {row['peak_rss_mib']:7.0f} MiB"
-              + "".join(f"  {k} {v}" for k, v in extra.items()), flush=True)
+    log = PhaseLog()
+    phase = log.phase
 
     with tempfile.TemporaryDirectory(prefix="samatch-scale-") as tmp:
         tmp = Path(tmp)
@@ -108,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         files = write_mask(tmp / "mask.nii.gz", seg, like=vol)
         phase("predict", mask_mib=round(Path(files[0]).stat().st_size / 2**20, 1) if files else None)
 
-    report = {"machine": platform.platform(), "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
-              "total_ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "phases": phases}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"peak RSS {phases[-1]['peak_rss_mib']:.0f} MiB of {report['total_ram_gib']} GiB; wrote {args.out}")
+    log.write(args.out, args, torch=torch.__version__)
     return 0
 
 
