@@ -147,13 +147,14 @@ class Refiner:
         return mask_loss(refined.mask_logits, self.targets(match_labels, p))
 
     def targets(self, labels: torch.Tensor, prompts: Prompts) -> torch.Tensor:
-        """SAM's training target per prompt: its class's mask, with holes filled (``config.sam_fill_targets``).
+        """SAM's training target per prompt: its class's mask, hole-filled when ``config.sam_fill_targets``.
 
         SAM is class-agnostic: from a box alone it cannot tell the myocardium (a ring) from the LV it
         encloses (a disk in a slightly smaller box). Trained on the ring, it learns to hollow out every
         disk-like object, and its LV from exact boxes fell from 0.97 to 0.49 Dice in 10 steps on the
         phantom. With filled targets every box means "the object filling it", as LiteMedSAM learned, and
         the nested fusion turns the myocardium's disk back into the ring (disk minus the smaller LV).
+        Off by default: SAM gained from it on ACDC, the Match model did not (docs/benchmarks.md).
         """
         target = labels[prompts.image_index] == prompts.class_index[:, None, None]
         if self.config.sam_fill_targets and len(prompts):
