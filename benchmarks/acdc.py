@@ -43,9 +43,9 @@ import sys
 from pathlib import Path
 
 import _protocol as proto
-from napari_samatch.core import datasets
-from napari_samatch.core.io import read_ssl4mis_volumes
-from napari_samatch.core.slices import ACDC_CLASS_NAMES, SliceSet
+from napari_samatch.core.data import datasets
+from napari_samatch.core.data.io import read_ssl4mis_volumes
+from napari_samatch.core.data.slices import ACDC_CLASS_NAMES, SliceSet
 
 CASES = {1: 32, 3: 68, 7: 136}  # labeled slices per number of labeled patients (SSL4MIS convention)
 

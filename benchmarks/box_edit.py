@@ -32,9 +32,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def measure(size: int, edits: int, threads: int) -> dict:
     from napari_samatch.core.config import preset
-    from napari_samatch.core.datasets import phantom
-    from napari_samatch.core.engine import Engine
-    from napari_samatch.core.prompts import prompts_from_labels
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
+    from napari_samatch.core.sam.prompts import prompts_from_labels
 
     data, _, _ = phantom()
     config = preset("quick", size=size, warmup_iters=0, sam_iters=0, joint_iters=1, device="cpu",

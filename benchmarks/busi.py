@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 import _protocol as proto
-from napari_samatch.core.io import read_image_folder
-from napari_samatch.core.slices import SliceSet
-from napari_samatch.core.volume import Volume
+from napari_samatch.core.data.io import read_image_folder
+from napari_samatch.core.data.slices import SliceSet
+from napari_samatch.core.data.volume import Volume
 
 CATEGORIES = ("benign", "malignant")
 FRACTIONS = (0.60, 0.09)  # train, val; test is the rest (31 %)

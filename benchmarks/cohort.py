@@ -90,9 +90,9 @@ def write_cohort(folder: Path, volumes: int, slices: int, side: int, labeled: in
 
 
 def train(data, args, budget_mb: float) -> tuple[object, list[float]]:
-    from napari_samatch.core import events as ev
+    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.config import preset
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     config = preset("quick", method="unimatch", warmup_iters=0, sam_iters=0, joint_iters=args.iters,
                     size=args.size, batch_labeled=4, batch_unlabeled=4, eval_every=0, checkpoint_every=0,
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "cohort.json")
     args = ap.parse_args(argv)
 
-    from napari_samatch.core import datasets
-    from napari_samatch.core.slices import SliceSet
+    from napari_samatch.core.data import datasets
+    from napari_samatch.core.data.slices import SliceSet
 
     rss = PeakRSS()
     base, _ = rss.phase()

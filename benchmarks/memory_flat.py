@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "memory_flat.json")
     args = ap.parse_args(argv)
 
-    from napari_samatch.core import events as ev
+    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.config import preset
-    from napari_samatch.core.datasets import phantom
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
 
     proc = psutil.Process()
     data, _, _ = phantom()

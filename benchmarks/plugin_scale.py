@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_samatch.core.sample import make_cardiac_phantom
+    from napari_samatch.core.data.sample import make_cardiac_phantom
 
     log = PhaseLog(sampled=True)
     phase = log.phase

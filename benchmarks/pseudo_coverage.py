@@ -20,8 +20,8 @@ import torch
 import _protocol as proto
 from napari_samatch.core.checkpoint import load_checkpoint
 from napari_samatch.core.config import from_dict
-from napari_samatch.core.engine import Engine
-from napari_samatch.core.slices import SliceSet
+from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.data.slices import SliceSet
 
 
 def main() -> int:

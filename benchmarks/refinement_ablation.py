@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_samatch.core.datasets import phantom
-from napari_samatch.core.engine import Engine
-from napari_samatch.core.fusion import fuse
-from napari_samatch.core.prompts import prompts_from_labels, prompts_from_probs
-from napari_samatch.core.validation import torch_dice
+from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.sam.fusion import fuse
+from napari_samatch.core.sam.prompts import prompts_from_labels, prompts_from_probs
+from napari_samatch.core.engine.validation import torch_dice
 
 
 def main() -> None:

@@ -51,8 +51,8 @@ def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: 
     import torch
 
     from napari_samatch.core.config import preset
-    from napari_samatch.core.datasets import phantom
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
 
     data, _, _ = phantom(shape=(max(12, 2 * batch + 4), size, size))
     config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode=mode,

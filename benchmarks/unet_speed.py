@@ -62,8 +62,8 @@ def run_one(cfg: dict) -> dict:
 
     import torch
 
-    from napari_samatch.core.losses import supervised_loss, unimatch_total, unsupervised_loss
-    from napari_samatch.core.models.unet import UNet
+    from napari_samatch.core.match.losses import supervised_loss, unimatch_total, unsupervised_loss
+    from napari_samatch.core.match.unet import UNet
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)

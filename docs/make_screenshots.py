@@ -64,7 +64,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     from qtpy.QtWidgets import QApplication
 
-    from napari_samatch.core.sample import make_cardiac_phantom
+    from napari_samatch.core.data.sample import make_cardiac_phantom
 
     viewer = napari.Viewer(title="napari-samatch")
     app = QApplication.instance()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from napari_samatch.core.augment import (
+from napari_samatch.core.match.augment import (
     apply_cutmix,
     cutmix_masks,
     gaussian_blur,

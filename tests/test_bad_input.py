@@ -27,16 +27,16 @@ from PIL import Image
 from napari_samatch._reader import read_layers
 from napari_samatch._writer import write_labels
 from napari_samatch.cli import main
-from napari_samatch.core import datasets
+from napari_samatch.core.data import datasets
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_samatch.core.config import RunConfig, from_dict, load_config
 from napari_samatch.core.errors import CheckpointError, ConfigError, DataError, SamatchError, StorageError
-from napari_samatch.core.export import load_model
-from napari_samatch.core.io import read_label, read_volume
-from napari_samatch.core.models.unet import UNet
-from napari_samatch.core.session import SessionState, load_session, save_session
-from napari_samatch.core.slices import SliceSet
-from napari_samatch.core.volume import Volume, to_single_channel
+from napari_samatch.core.engine.export import load_model
+from napari_samatch.core.data.io import read_label, read_volume
+from napari_samatch.core.match.unet import UNet
+from napari_samatch.core.data.session import SessionState, load_session, save_session
+from napari_samatch.core.data.slices import SliceSet
+from napari_samatch.core.data.volume import Volume, to_single_channel
 
 torch.set_num_threads(1)
 CLI = "cli"  # expected "error" of rows that run napari_samatch.cli.main
@@ -245,7 +245,7 @@ def _(tmp):
 
 @case("engine-checkpoint-wrong-architecture", CheckpointError, "does not fit", "other classes")
 def _(tmp):
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     cfg = _config(4)
     unet = UNet(1, 4)
@@ -258,7 +258,7 @@ def _(tmp):
 
 @case("engine-checkpoint-is-a-sam-state-dict", CheckpointError, "not a napari-samatch checkpoint", "SAM backend")
 def _(tmp):
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     torch.save({"image_encoder.x": torch.zeros(2), "mask_decoder.y": torch.zeros(2)}, tmp / "sam.pth")
     data = _slice_set(2)
@@ -339,7 +339,7 @@ def _(tmp):
 
 @case("engine-raw-sliceset-label-beyond-classes", DataError, "class 5")
 def _(tmp):
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     lab = np.zeros((32, 32), np.uint8)
     lab[4:9, 4:9] = 5
@@ -350,7 +350,7 @@ def _(tmp):
 
 @case("engine-raw-sliceset-label-shape-mismatch", DataError, "shape")
 def _(tmp):
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     data = SliceSet([_img((32, 32))], [_labels((1, 5, 5), slices=(0,))[0] | 1], [None], ["a"], ["g"], [0], 2)
     return lambda: Engine(data, _config(2)).run()

@@ -23,10 +23,10 @@ import torch
 from napari_samatch.cli import main
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from napari_samatch.core.errors import CheckpointError, DataError
-from napari_samatch.core.export import load_model
-from napari_samatch.core.session import SessionState, load_session, save_session
-from napari_samatch.core.slices import SliceSet
-from napari_samatch.core.volume import Volume
+from napari_samatch.core.engine.export import load_model
+from napari_samatch.core.data.session import SessionState, load_session, save_session
+from napari_samatch.core.data.slices import SliceSet
+from napari_samatch.core.data.volume import Volume
 
 
 class _RunsCode:
@@ -57,7 +57,7 @@ def _data() -> SliceSet:
 
 
 def _engine_load(path: Path) -> None:
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     Engine.from_checkpoint(path, _data())
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core import events as ev
+from napari_samatch.core.engine import events as ev
 from napari_samatch.core.config import preset
-from napari_samatch.core.datasets import phantom
-from napari_samatch.core.engine import Engine
+from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.errors import CheckpointError, DataError
-from napari_samatch.core.export import export_model, load_model
-from napari_samatch.core.prompts import Prompts
+from napari_samatch.core.engine.export import export_model, load_model
+from napari_samatch.core.sam.prompts import Prompts
 
 
 def tiny(data, **kw):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from napari_samatch.core.events import format_eta, format_metrics
+from napari_samatch.core.engine.events import format_eta, format_metrics
 
 
 def test_metrics_line_names_what_was_measured():

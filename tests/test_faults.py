@@ -23,12 +23,12 @@ import torch
 
 from napari_samatch import cli
 from napari_samatch.core import checkpoint as checkpoint_mod
-from napari_samatch.core import events as ev
-from napari_samatch.core import faults
+from napari_samatch.core.engine import events as ev
+from napari_samatch.core.engine import faults
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_samatch.core.config import RunConfig
-from napari_samatch.core.datasets import phantom
-from napari_samatch.core.engine import STAGES, Engine
+from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine.engine import STAGES, Engine
 from napari_samatch.core.errors import ConfigError, ResourceError, StorageError
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import ConfigError, DataError
-from napari_samatch.core.fusion import fuse
-from napari_samatch.core.prompts import Prompts, prompts_from_labels
+from napari_samatch.core.sam.fusion import fuse
+from napari_samatch.core.sam.prompts import Prompts, prompts_from_labels
 
 torch.set_num_threads(1)
 

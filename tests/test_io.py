@@ -13,11 +13,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_samatch.core import io
+from napari_samatch.core.data import io
 from napari_samatch.core.errors import DataError, StorageError
-from napari_samatch.core.io import (read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes,
+from napari_samatch.core.data.io import (read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes,
                                     read_volume, write_mask)
-from napari_samatch.core.volume import Volume
+from napari_samatch.core.data.volume import Volume
 
 
 # A rotated, sheared, anisotropic, translated affine: any axis mix-up changes the world mapping.

@@ -34,9 +34,10 @@ TOTAL = 60
 DRIVER = r"""
 import sys
 sys.modules.setdefault("triton", None)  # CPU only: spares the first optimiser a long Triton import (as the plugin does)
-from napari_samatch.core import datasets, events as ev
+from napari_samatch.core.data import datasets
+from napari_samatch.core.engine import events as ev
 from napari_samatch.core.config import RunConfig
-from napari_samatch.core.engine import Engine
+from napari_samatch.core.engine.engine import Engine
 from pathlib import Path
 image, labels, out = sys.argv[1:4]
 data, _ = datasets.volume_with_labels(image, labels)

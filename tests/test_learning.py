@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from napari_samatch.core.config import preset
-from napari_samatch.core.datasets import phantom
-from napari_samatch.core.engine import Engine
-from napari_samatch.core.validation import torch_dice
+from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.engine.validation import torch_dice
 
 MIN_RAW = 0.75
 MIN_GAIN = 0.01
@@ -86,7 +86,7 @@ ACDC_UNLABELED = 24
 
 @pytest.fixture(scope="module")
 def acdc_run(acdc):
-    from napari_samatch.core.slices import SliceSet
+    from napari_samatch.core.data.slices import SliceSet
 
     full = SliceSet.from_ssl4mis(acdc, labeled_count=68, lazy=True)
     unl_all = full.unlabeled_indices()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import DataError
-from napari_samatch.core.metrics import asd, dice, dice_per_class, hd95, per_class_metrics, summarise
+from napari_samatch.core.evaluation.metrics import asd, dice, dice_per_class, hd95, per_class_metrics, summarise
 
 
 def squares(shift: int = 0, size=(40, 40)) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import ConfigError, DataError
-from napari_samatch.core.prompts import (
+from napari_samatch.core.sam.prompts import (
     Prompts,
     erosion_depth,
     label_components,

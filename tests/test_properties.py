@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_samatch.core.fusion import fuse
-from napari_samatch.core.metrics import dice, hd95
-from napari_samatch.core.prompts import label_components, prompts_from_probs
+from napari_samatch.core.sam.fusion import fuse
+from napari_samatch.core.evaluation.metrics import dice, hd95
+from napari_samatch.core.sam.prompts import label_components, prompts_from_probs
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -90,7 +90,7 @@ def test_fused_labels_are_valid_classes(data, n, c, nested, h, w):
     logits = torch.from_numpy(data.draw(arrays(np.float32, (n, h, w), elements=st.floats(-5, 5, width=32))))
     img = data.draw(st.lists(st.integers(0, b - 1), min_size=n, max_size=n))
     cls = data.draw(st.lists(st.integers(1, c - 1), min_size=n, max_size=n))
-    from napari_samatch.core.prompts import Prompts
+    from napari_samatch.core.sam.prompts import Prompts
 
     pr = Prompts(image_index=torch.tensor(img, dtype=torch.long), class_index=torch.tensor(cls, dtype=torch.long),
                  boxes=torch.zeros(n, 4), points=None, point_labels=None, scores=torch.ones(n),
@@ -128,7 +128,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from napari_samatch.core.errors import DataError  # noqa: E402
-from napari_samatch.core.io import read_volume  # noqa: E402
+from napari_samatch.core.data.io import read_volume  # noqa: E402
 
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_EXTS = (".nii", ".nii.gz", ".tif", ".h5", ".png")

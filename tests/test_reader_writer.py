@@ -13,7 +13,7 @@ import tifffile
 from napari_samatch._reader import get_reader
 from napari_samatch._sample_data import make_sample_data
 from napari_samatch._writer import write_labels
-from napari_samatch.core.sample import make_cardiac_phantom, sample_labeled_slices
+from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
 
 AFFINE = np.array([[0.0, 0.0, -2.0, 5.0], [0.0, 1.25, 0.0, -3.0], [0.75, 0.0, 0.0, 1.0], [0, 0, 0, 1]])
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from napari_samatch.core.config import RunConfig
-from napari_samatch.core.prompts import prompts_from_labels
-from napari_samatch.core.refiner import Refiner, fill_holes
+from napari_samatch.core.sam.prompts import prompts_from_labels
+from napari_samatch.core.sam.refiner import Refiner, fill_holes
 
 S = 32
 

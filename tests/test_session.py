@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_samatch.core.errors import CheckpointError, DataError
-from napari_samatch.core.session import (
+from napari_samatch.core.data.session import (
     SessionState, default_session_dir, has_session, inside, load_session, save_session,
 )
 
@@ -118,7 +118,7 @@ def test_default_folder_beside_source_or_in_home(tmp_path: Path, monkeypatch: py
     assert default_session_dir("patient001", src) == tmp_path / "data" / "patient001.samatch"
     assert default_session_dir("cardiac phantom") == tmp_path / "home" / "autosave" / "cardiac_phantom"
     # an unwritable source folder (simulated: tests may run as root) falls back to the home folder
-    monkeypatch.setattr("napari_samatch.core.session.os.access", lambda *a, **k: False)
+    monkeypatch.setattr("napari_samatch.core.data.session.os.access", lambda *a, **k: False)
     assert default_session_dir("p", src) == tmp_path / "home" / "autosave" / "p"
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import DataError
-from napari_samatch.core.sample import make_cardiac_phantom, sample_labeled_slices
-from napari_samatch.core.slices import SliceSet, normalise_slice, resize_labels_back
-from napari_samatch.core.volume import Volume
+from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
+from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_labels_back
+from napari_samatch.core.data.volume import Volume
 
 
 

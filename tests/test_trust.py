@@ -11,7 +11,7 @@ import torch
 
 from napari_samatch.core.config import RunConfig
 from napari_samatch.core.errors import ConfigError
-from napari_samatch.core.refiner import Refiner
+from napari_samatch.core.sam.refiner import Refiner
 
 S = 32
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import DataError
-from napari_samatch.core.losses import supervised_loss
-from napari_samatch.core.models.unet import UNet, count_parameters
+from napari_samatch.core.match.losses import supervised_loss
+from napari_samatch.core.match.unet import UNet, count_parameters
 
 
 @pytest.fixture(autouse=True)

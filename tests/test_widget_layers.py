@@ -10,7 +10,7 @@ from napari_samatch._widgets._layers import (
     PromptTable, display_to_frame_box, display_to_frame_points, frame_to_display_box, frame_to_display_points,
     preview_to_display, slice_indices, slice_shape, slice_view,
 )
-from napari_samatch.core.prompts import Prompts
+from napari_samatch.core.sam.prompts import Prompts
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (160, 200), (37, 90)])

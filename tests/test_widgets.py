@@ -55,7 +55,7 @@ def run_tiny(qtbot, train, tiny_sam, fresh=True, **kw) -> None:
 def inject_engine(qtbot, ctl, tiny_sam):
     """An untrained engine on the current data, then previews of every slice (no training: fast)."""
     from napari_samatch.core.config import preset
-    from napari_samatch.core.engine import Engine
+    from napari_samatch.core.engine.engine import Engine
 
     s = tiny_settings(tiny_sam)
     cfg = preset("quick", size=64, sam_backend="sam", sam_checkpoint=s["sam_checkpoint"], device="cpu",
@@ -211,7 +211,7 @@ def test_pause_resume_stop_mid_run(docks, qtbot, tiny_sam):
 
 
 def test_progress_events_are_throttled(docks, qtbot, tiny_sam):
-    from napari_samatch.core import events as ev
+    from napari_samatch.core.engine import events as ev
 
     viewer, data, train, review = docks
     seen = []
@@ -242,7 +242,7 @@ def test_export_masks_and_models_and_read_back(docks, qtbot, tiny_sam, tmp_path)
     import tifffile
     from PIL import Image
 
-    from napari_samatch.core.io import read_volume
+    from napari_samatch.core.data.io import read_volume
 
     viewer, data, train, review = docks
     ctl = data.ctl
@@ -304,7 +304,7 @@ def test_session_save_reopen_and_autosave(make_napari_viewer_proxy, qtbot, tiny_
 
     # painting is autosaved a few seconds later into the same session
     ctl2.sessions.soon.setInterval(50)
-    from napari_samatch.core.session import load_session
+    from napari_samatch.core.data.session import load_session
 
     ctl2.labels_layer.paint((7, 40, 40), 3)
 
@@ -385,7 +385,7 @@ def test_finished_autosaves_and_runs_release_their_data(docks, qtbot, tiny_sam):
     30 s autosave kept 0.75 GB) before this was fixed (docs/reliability.md)."""
     import gc
 
-    from napari_samatch.core.session import SessionState
+    from napari_samatch.core.data.session import SessionState
 
     viewer, data, train, review = docks
     ctl = data.ctl

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from .core.io import file_kind, read_volume
-from .core.volume import Volume
+from .core.data.io import file_kind, read_volume
+from .core.data.volume import Volume
 
 LayerData = tuple  # (data, kwargs, layer_type)
 _OUR_KINDS = ("nifti", "h5", "tiff")

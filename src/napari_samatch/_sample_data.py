@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.sample import make_cardiac_phantom, sample_labeled_slices
+from .core.data.sample import make_cardiac_phantom, sample_labeled_slices
 
 
 def make_sample_data() -> list[tuple]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .core import events as ev
+from .core.engine import events as ev
 from .core.errors import SamatchError
 
 
@@ -83,7 +83,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Alone, or as one rank under ``torchrun --nproc_per_node N`` (docs/cluster.md): every rank reads the
     data and trains its share; rank 0 alone prints, checkpoints and exports."""
-    from .core import distributed
+    from .core.engine import distributed
 
     distributed.init_from_env()
     try:
@@ -93,10 +93,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, main: bool) -> int:
-    from .core import datasets, distributed
+    from .core.data import datasets
+    from .core.engine import distributed
     from .core.checkpoint import check_writable_folder
-    from .core.engine import Engine
-    from .core.export import export_model
+    from .core.engine.engine import Engine
+    from .core.engine.export import export_model
 
     out = Path(args.out)
     if main:  # before the data and the models load: a bad --out must not cost a run
@@ -137,9 +138,9 @@ def _train(args: argparse.Namespace, main: bool) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .core.export import load_model
-    from .core.inference import predict_volume
-    from .core.io import read_volume, write_mask
+    from .core.engine.export import load_model
+    from .core.match.inference import predict_volume
+    from .core.data.io import read_volume, write_mask
 
     unet, config = load_model(args.model)
     vol = read_volume(args.image)
@@ -151,9 +152,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .core.evaluate import evaluate_volumes
-    from .core.export import load_model
-    from .core.io import read_ssl4mis_volumes
+    from .core.evaluation.evaluate import evaluate_volumes
+    from .core.engine.export import load_model
+    from .core.data.io import read_ssl4mis_volumes
 
     unet, config = load_model(args.model)
     vols = read_ssl4mis_volumes(args.data, args.split)

@@ -17,11 +17,11 @@ import torch
 
 from .core.checkpoint import atomic_write_bytes
 from .core.config import preset
-from .core.datasets import phantom
-from .core.engine import Engine
-from .core.export import export_model
-from .core.io import write_mask
-from .core.validation import torch_dice
+from .core.data.datasets import phantom
+from .core.engine.engine import Engine
+from .core.engine.export import export_model
+from .core.data.io import write_mask
+from .core.engine.validation import torch_dice
 
 
 def _mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
@@ -53,7 +53,7 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = 
         "pseudo_raw_dice": _mean_dice(preview["raw"], hidden, data.num_classes),
         "pseudo_refined_dice": _mean_dice(preview["refined"], hidden, data.num_classes),
     }
-    from .core.inference import predict_volume
+    from .core.match.inference import predict_volume
 
     final = predict_volume(engine.unet, vol.image, config.size, engine.device)
     gt = vol.labels

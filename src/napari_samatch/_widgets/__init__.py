@@ -40,7 +40,8 @@ def _preload() -> None:
     """
     import torch
 
-    from ..core import engine, sam  # noqa: F401
+    from ..core import sam  # noqa: F401
+    from ..core.engine import engine  # noqa: F401
 
     torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # the first optimiser imports torch._dynamo
 

@@ -20,11 +20,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core import events as ev
+from ..core.engine import events as ev
 from ..core.config import RunConfig
 from ..core.errors import DataError, SamatchError
-from ..core.slices import SliceSet, default_class_names
-from ..core.volume import Volume
+from ..core.data.slices import SliceSet, default_class_names
+from ..core.data.volume import Volume
 from ._layers import slice_shape
 from ._runner import TrainingJob
 from ._shutdown import _finish_on_quit, finish_workers
@@ -290,8 +290,8 @@ class Controller(QObject):
         ckpt_dir = str(self.sessions.folder / "checkpoints")
 
         def make_engine():  # worker thread
-            from ..core.engine import Engine
-            from ..core.validation import Validator
+            from ..core.engine.engine import Engine
+            from ..core.engine.validation import Validator
 
             data, val = self.build_slices(vol, labeled, held)
             if engine is None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from napari.qt.threading import create_worker
 from qtpy.QtCore import QObject, Signal
 
-from ..core import events as ev
+from ..core.engine import events as ev
 from ..core.errors import SamatchError
 from ._layers import preview_to_display
 

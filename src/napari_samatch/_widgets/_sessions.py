@@ -20,8 +20,8 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.checkpoint import load_checkpoint, sha256_bytes
 from ..core.errors import CheckpointError, DataError, SamatchError
-from ..core.session import SessionState, default_session_dir, load_session, save_session
-from ..core.volume import Volume
+from ..core.data.session import SessionState, default_session_dir, load_session, save_session
+from ..core.data.volume import Volume
 from ._layers import PromptTable
 from ._runner import failure_message
 
@@ -201,7 +201,7 @@ class SessionManager(QObject):
                                                              "source": state.source,
                                                              "class_names": st.get("class_names")})
         if img is None and state.source and Path(state.source).is_file():
-            from ..core.io import read_volume
+            from ..core.data.io import read_volume
 
             vol = read_volume(state.source)
             img = v.add_image(vol.image, name=vol.name, colormap="gray", scale=vol.spacing,
@@ -287,7 +287,7 @@ class SessionManager(QObject):
     def export_masks(self, path: str | Path, which: str = "final") -> list[Path]:
         """Write masks (``.nii.gz`` with the source affine, ``.tif``, ``.png`` / a folder): final,
         pseudo (the review layer) or user (the labels layer)."""
-        from ..core.io import write_mask
+        from ..core.data.io import write_mask
 
         ctl = self.ctl
         if which == "final":
@@ -308,7 +308,7 @@ class SessionManager(QObject):
         return write_mask(path, arr, like=like)
 
     def export_model(self, path: str | Path) -> Path:
-        from ..core.export import export_model
+        from ..core.engine.export import export_model
 
         engine = self.ctl.engine
         if engine is None:
@@ -330,7 +330,7 @@ def ctl_shape(layer) -> tuple[int, ...]:
 def engine_from_file(path: Path, data, device: str = "auto"):
     """An engine from a training checkpoint (resumable) or an exported model (weights only)."""
     from ..core.config import from_dict
-    from ..core.engine import Engine
+    from ..core.engine.engine import Engine
 
     payload = load_checkpoint(path)
     if "opt_unet" in payload:

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ..core import events as ev
+from ..core.engine import events as ev
 from ..core.config import PRESETS, RunConfig, from_dict, preset
 from ..core.device import available_devices, device_summary
 from ..core.errors import SamatchError

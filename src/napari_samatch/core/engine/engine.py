@@ -31,17 +31,17 @@ import torch
 from . import distributed
 from . import events as ev
 from . import faults, persistence
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig, from_dict
-from .device import autocast, select_device, set_threads, tune_cpu_allocator
-from .errors import DataError
-from .inference import predict_probs
-from .models.unet import UNet
-from .refiner import Refiner
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig, from_dict
+from ..device import autocast, select_device, set_threads, tune_cpu_allocator
+from ..errors import DataError
+from ..match.inference import predict_probs
+from ..match.unet import UNet
+from ..sam.refiner import Refiner
 from .schedule import PolySchedule
-from .slices import SliceSet
+from ..data.slices import SliceSet
 from .steps import samatch_pseudo, supervised_step, unimatch_step
-from .store import training_slices
+from ..data.store import training_slices
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class Engine:
     @property
     def sam(self):
         if self._sam is None:
-            from .sam import load_sam
+            from ..sam import load_sam
             c = self.config
             self._sam = load_sam(c.sam_backend, c.sam_checkpoint, device=str(self.device), model_type=c.sam_model_type)
         return self._sam

@@ -16,9 +16,9 @@ import torch
 
 from . import distributed
 from . import events as ev
-from .config import RunConfig
-from .device import select_device
-from .errors import ConfigError, ResourceError, StorageError
+from ..config import RunConfig
+from ..device import select_device
+from ..errors import ConfigError, ResourceError, StorageError
 
 if TYPE_CHECKING:
     from .engine import Engine

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 # ITU-R BT.601 luma weights (R, G, B): the classic "grayscale" conversion used by PIL and OpenCV.
 BT601_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)

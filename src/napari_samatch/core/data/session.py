@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes, sha256_bytes, sha256_file
-from .errors import CheckpointError, DataError, StorageError
+from ..checkpoint import atomic_write_bytes, sha256_bytes, sha256_file
+from ..errors import CheckpointError, DataError, StorageError
 
 FORMAT = "napari-samatch-session/1"
 SESSION_FILE = "session.json"

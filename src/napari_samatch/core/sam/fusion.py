@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .prompts import Prompts
 
 

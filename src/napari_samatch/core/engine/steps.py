@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .augment import apply_cutmix, cutmix_masks, invert, random_geometry, strong_view, warp
-from .losses import supervised_loss, unimatch_total, unsupervised_loss
-from .models.unet import UNet
-from .refiner import Refiner
+from ..match.augment import apply_cutmix, cutmix_masks, invert, random_geometry, strong_view, warp
+from ..match.losses import supervised_loss, unimatch_total, unsupervised_loss
+from ..match.unet import UNet
+from ..sam.refiner import Refiner
 
 # (weak-view probabilities, weak-view affine) -> (pseudo-label, confidence, extra losses)
 PseudoFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .io import _reading, _read_list, file_kind
 from .slices import ACDC_CLASS_NAMES, SliceSet, default_class_names, normalise_slice
 from .volume import coerce_labels, to_single_channel

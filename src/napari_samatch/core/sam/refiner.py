@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import RunConfig
+from ..config import RunConfig
 from .fusion import fuse
 from .prompts import Prompts, prompts_from_labels, prompts_from_probs
-from .sam.base import SamBackend
-from .sam.cache import EmbeddingCache
+from .base import SamBackend
+from .cache import EmbeddingCache
 
 
 @dataclass

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .errors import DataError
+from ..errors import DataError
 
 METRIC_KEYS = ("dice", "hd95", "asd")
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .io import read_image_folder, read_label, read_ssl4mis_volumes, read_volume
 from .lazy import nifti_slices, ssl4mis_footprint_mb, ssl4mis_volume_slices
 from .sample import make_cardiac_phantom, sample_labeled_slices

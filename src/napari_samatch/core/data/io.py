@@ -26,7 +26,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .volume import Volume, coerce_labels, mask_from_colour, to_single_channel
 
 SUPPORTED = "NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), SSL4MIS HDF5 (.h5), PNG/JPEG/BMP (.png, .jpg, .jpeg, .bmp)"

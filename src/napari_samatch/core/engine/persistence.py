@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import distributed
-from .checkpoint import check_state_fits
-from .errors import CheckpointError
+from ..checkpoint import check_state_fits
+from ..errors import CheckpointError
 
 if TYPE_CHECKING:  # the engine imports this module
     from .engine import Engine

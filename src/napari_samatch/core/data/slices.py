@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
+from ..errors import DataError
 from .volume import Volume
 
 ACDC_CLASS_NAMES = ["background", "RV", "Myo", "LV"]

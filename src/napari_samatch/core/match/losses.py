@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["dice_loss", "supervised_loss", "unsupervised_loss", "unimatch_total", "IGNORE"]
 

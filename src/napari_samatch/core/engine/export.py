@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import check_state_fits, load_checkpoint, save_checkpoint
-from .config import RunConfig, from_dict
-from .errors import CheckpointError
-from .models.unet import UNet
+from ..checkpoint import check_state_fits, load_checkpoint, save_checkpoint
+from ..config import RunConfig, from_dict
+from ..errors import CheckpointError
+from ..match.unet import UNet
 
 
 def export_model(engine, path: str | Path, best: bool = True) -> Path:

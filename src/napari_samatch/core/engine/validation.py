@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .device import autocast
-from .inference import predict_volume
-from .slices import SliceSet
+from ..device import autocast
+from ..match.inference import predict_volume
+from ..data.slices import SliceSet
 
 if TYPE_CHECKING:
     from .engine import Engine

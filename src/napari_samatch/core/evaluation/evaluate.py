@@ -8,10 +8,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .inference import predict_volume
+from ..match.inference import predict_volume
 from .metrics import per_class_metrics, summarise
-from .models.unet import UNet
-from .volume import Volume
+from ..match.unet import UNet
+from ..data.volume import Volume
 
 
 def evaluate_volumes(unet: UNet, volumes: Sequence[Volume], size: int, class_names: Sequence[str],

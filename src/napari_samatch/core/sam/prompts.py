@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 Components = Literal["largest", "all", "union"]
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError, StorageError
+from ..errors import DataError, StorageError
 from .io import array_to_nifti_affine, file_kind
 from .volume import Volume, coerce_labels
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .errors import DataError
+from ..errors import DataError
 from .volume import Volume
 
 CLASS_NAMES = ["background", "RV", "Myo", "LV"]

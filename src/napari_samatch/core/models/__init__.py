@@ -1,1 +1,0 @@
-"""The Match model (a UniMatch-style UNet)."""
