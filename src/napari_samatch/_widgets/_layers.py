@@ -96,10 +96,12 @@ def preview_to_display(preview: dict[str, Any], S: int, hw: tuple[int, int]) -> 
     else:
         conf = np.ones((len(indices), *hw), np.float32)
     table = PromptTable.from_prompts(preview["prompts"], indices, S, hw) if preview.get("prompts") else PromptTable()
-    # A slice's score: mean confidence over its structures (either model's foreground); background alone
-    # is nearly always confident and would hide a doubtful structure.
-    fg = (labels > 0) | (raw > 0)
-    score = [float(c[m].mean()) if m.any() else float(c.mean()) for c, m in zip(conf, fg)]
+    # A slice's score for review comes from the core (engine.slice_confidence); older previews without it
+    # get the same rule at display resolution
+    score = preview.get("slice_confidence")
+    if score is None:
+        fg = (labels > 0) | (raw > 0)
+        score = [float(c[m].mean()) if m.any() else float(c.mean()) for c, m in zip(conf, fg)]
     return {"indices": indices, "labels": labels, "raw": raw, "confidence": conf, "prompts": table,
             "mean_confidence": score}
 

@@ -42,10 +42,20 @@ from .schedule import PolySchedule
 from ..data.slices import SliceSet
 from .steps import samatch_pseudo, supervised_step, unimatch_step
 from ..data.store import training_slices
+from ..prior.prior import fuse_prior, slice_prior
 from .validation import Validator
 
 log = logging.getLogger(__name__)
 STAGES = ("warmup", "sam", "joint")
+
+
+def slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """A slice's score for review (N,): the mean confidence over its structures; background alone is
+    nearly always confident and would hide a doubtful structure (a slice with none: its mean)."""
+    fg = labels > 0
+    sums = (confidence * fg).reshape(len(labels), -1).sum(1)
+    counts = fg.reshape(len(labels), -1).sum(1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), confidence.reshape(len(labels), -1).mean(1))
 
 
 class StopRequested(Exception):
@@ -101,6 +111,16 @@ class Engine:
         self.unlabeled_idx = torch.nonzero(~labeled).flatten()
         if len(self.labeled_idx) == 0:
             raise DataError("No slice is labeled. Paint at least one slice (any non-zero label) before training.")
+        c = self.config
+        self.sam_images = self.images
+        if c.sam_size and c.sam_size != c.size:
+            self.sam_images = training_slices(self.data, c.sam_size, self.device, c.data_budget_mb)[0]
+        if self._refiner is not None:
+            self._refiner.sam_images = self.sam_images
+        # The painted slices' prior (core/prior); not for data read on demand (a cohort larger than memory)
+        self.prior = None
+        if c.prior_weight > 0 and isinstance(self.labels, torch.Tensor):
+            self.prior = slice_prior(self.labels, self.data.groups, self.data.positions, c.num_classes)
 
     def set_data(self, data: SliceSet) -> None:
         """Start a new round on a grown labeled set, keeping models and the embedding cache."""
@@ -132,6 +152,7 @@ class Engine:
             self.sam.to(self.device)
             self.sam.freeze_for(self.config.sam_mode)
             self._refiner = Refiner(self.sam, self.config, self.device)
+            self._refiner.sam_images = self.sam_images
         return self._refiner
 
     def calibrate_sam(self) -> str:
@@ -219,6 +240,9 @@ class Engine:
             on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], total, eta,
                               message, data or {}))
 
+        if done_before == 0 and self.prior is not None:  # the first usable result, before any training
+            first = self.prior_preview(range(len(self.data)))
+            emit(ev.PSEUDO_LABELS, "Interpolation between the painted slices", data=first)
         try:
             while self.stage_index < len(stages):
                 name, n = stages[self.stage_index]
@@ -336,7 +360,8 @@ class Engine:
         # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
         train_sam = self.stage_iter % c.sam_every == 0
         self.sam.train(train_sam)
-        pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight)
+        pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight,
+                                prior=self.prior_of(iu))
         loss, logs = unimatch_step(self.train_unet, x, y, u, self.rank_gen, c.conf_thresh, pseudo_fn=pseudo,
                                    amp=amp)
         self.opt_unet.zero_grad(set_to_none=True)
@@ -377,27 +402,53 @@ class Engine:
                 images = self.images if indices is None else self.images[list(indices)]
             return predict_probs(self.unet, images.to(self.device), amp=autocast(self.device, self.config.amp))
 
-    def preview(self, indices: Sequence[int]) -> dict[str, Any]:
-        """Prompts, raw Match labels, SAM-refined labels and confidence for some slices (numpy)."""
-        indices = list(indices)
+    def prior_of(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """The prior's labels and confidence of some slices, with its weight; None without a prior."""
+        if self.prior is None:
+            return None
+        ix = torch.as_tensor(indices, dtype=torch.long, device=self.prior[0].device)
+        return self.prior[0][ix], self.prior[1][ix], self.config.prior_weight
+
+    def completed_probs(self, indices: Sequence[int]) -> torch.Tensor:
+        """The Match model's probabilities fused with the painted slices' prior (the Match model alone
+        without a prior): what SAM is prompted from, and the answer where SAM does not refine."""
         probs = self.predict(indices)
-        out: dict[str, Any] = {"indices": indices, "raw": probs.argmax(1).cpu().numpy().astype(np.uint8)}
+        prior = self.prior_of(indices)
+        return probs if prior is None else fuse_prior(probs, *prior)
+
+    def prior_preview(self, indices: Sequence[int]) -> dict[str, Any] | None:
+        """The prior alone as a preview (the first result a user sees, before any training); None without one."""
+        prior = self.prior_of(indices)
+        if prior is None:
+            return None
+        labels, conf = prior[0].cpu().numpy().astype(np.uint8), prior[1].cpu().numpy().astype(np.float32)
+        return {"indices": list(indices), "raw": labels, "confidence": conf,
+                "slice_confidence": slice_confidence(labels, conf).tolist()}
+
+    def preview(self, indices: Sequence[int]) -> dict[str, Any]:
+        """Prompts, raw Match labels, the completed labels (the prior fused in, then SAM-refined) and
+        their confidence for some slices (numpy); ``slice_confidence`` ranks slices for review."""
+        indices = list(indices)
+        probs = self.completed_probs(indices)
+        out: dict[str, Any] = {"indices": indices, "raw": self.predict(indices).argmax(1).cpu().numpy().astype(np.uint8)}
+        labels, conf = probs.argmax(1), probs.max(1).values
         if self._uses_sam():
             if self.refiner.trusted is None:
                 self.calibrate_sam()
             with self.lock, torch.no_grad():
                 self.sam.eval()
                 refined = self.refiner.refine(probs, indices, self.images[indices])
-            out.update(prompts=refined.prompts.to_numpy_dict(),
-                       refined=refined.labels.cpu().numpy().astype(np.uint8),
-                       confidence=refined.confidence.cpu().numpy().astype(np.float32))
+            out["prompts"] = refined.prompts.to_numpy_dict()
+            labels, conf = refined.labels, refined.confidence
+        labels, conf = labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy().astype(np.float32)
+        out.update(refined=labels, confidence=conf, slice_confidence=slice_confidence(labels, conf).tolist())
         return out
 
     def refine_with_prompts(self, index: int, prompts) -> dict[str, np.ndarray]:
         """Re-run SAM on one slice with user-edited prompts (the GUI's box edits); cached embedding."""
         with self.lock, torch.no_grad():
             self.sam.eval()
-            probs = self.predict([index])
+            probs = self.completed_probs([index])
             refined = self.refiner.refine(probs, [index], self.images[[index]], prompts=prompts)
         return {"refined": refined.labels[0].cpu().numpy().astype(np.uint8),
                 "confidence": refined.confidence[0].cpu().numpy().astype(np.float32)}

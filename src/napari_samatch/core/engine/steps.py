@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..match.augment import apply_cutmix, cutmix_masks, invert, random_geometry, strong_view, warp
 from ..match.losses import supervised_loss, unimatch_total, unsupervised_loss
 from ..match.unet import UNet
+from ..prior.prior import fuse_prior
 from ..sam.refiner import Refiner
 
 # (weak-view probabilities, weak-view affine) -> (pseudo-label, confidence, extra losses)
@@ -90,7 +91,7 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
 
 
 def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam: bool,
-                   sam_weight: float) -> PseudoFn:
+                   sam_weight: float, prior: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> PseudoFn:
     """SAM-Match's pseudo-label: SAM refines the Match prediction in the slice's own frame.
 
     The weak-view probabilities are warped back to the slice's frame (the inverse affine), refined with
@@ -100,6 +101,8 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
 
     def pseudo(probs_w: torch.Tensor, theta: torch.Tensor):
         probs = warp(probs_w, invert(theta), mode="bilinear")
+        if prior is not None:  # the painted slices' interpolation, in the slice's own frame like SAM
+            probs = fuse_prior(probs, *prior)
         with torch.set_grad_enabled(train_sam):
             refined = refiner.refine(probs, keys, u)
         label = warp(refined.labels, theta, mode="nearest", fill=-1)

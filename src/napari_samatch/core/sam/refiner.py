@@ -47,6 +47,10 @@ class Refiner:
         # and the fusion keeps the Match model's label there.
         self.trusted: set[int] | None = None
         self.box_dice: dict[int, float] = {}
+        # The slices as SAM sees them, indexed by cache key (``sam_images[keys]`` -> (B,1,s,s)): the engine
+        # resizes them from the original slices at ``config.sam_size``, so SAM's encoder gets the sharp image
+        # rather than the small training frame blown up. None: encode the images a call passes.
+        self.sam_images = None
 
     @property
     def trains_encoder(self) -> bool:
@@ -57,6 +61,8 @@ class Refiner:
 
         ``images`` are the canonical (un-augmented) slices (B,1,S,S) whose cache keys are ``keys``.
         """
+        if self.sam_images is not None:
+            images = self.sam_images[list(keys)]
         if self.trains_encoder:
             return self.sam.encode(images)
         lookup = {k: i for i, k in enumerate(keys)}
@@ -72,10 +78,16 @@ class Refiner:
         return self.sam.decode(emb, prompts.image_index, prompts.boxes, prompts.points, prompts.point_labels,
                                frame_size=self.config.size)
 
+    @property
+    def bbox_shift(self) -> int:
+        """``config.bbox_shift`` is in SAM's 256-pixel input (the paper's 5 px), not in the training frame:
+        at 128 px a 5-pixel widening would be 10 pixels at SAM's scale, loose enough to lose small structures."""
+        return max(1, round(self.config.bbox_shift * self.config.size / 256)) if self.config.bbox_shift else 0
+
     def prompts_for(self, probs: torch.Tensor) -> Prompts:
         """Prompts from the Match probabilities, for the trusted classes only (see :meth:`calibrate`)."""
         c = self.config
-        prompts = prompts_from_probs(probs, conf_thresh=c.prompt_thresh, bbox_shift=c.bbox_shift,
+        prompts = prompts_from_probs(probs, conf_thresh=c.prompt_thresh, bbox_shift=self.bbox_shift,
                                      components=c.components, points=c.points, negative_points=c.negative_points)
         if self.trusted is None or len(prompts) == 0:
             return prompts
@@ -91,7 +103,7 @@ class Refiner:
         exact box cannot be improved by SAM from the Match model's (worse) box. Returns {class: Dice}.
         """
         c = self.config
-        prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=c.bbox_shift, points=c.points,
+        prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=self.bbox_shift, points=c.points,
                                       negative_points=c.negative_points, jitter=False).to(self.device)
         if len(prompts) == 0:
             return {}
@@ -130,7 +142,7 @@ class Refiner:
         """SAM fine-tuning on labeled slices: ground-truth boxes (jittered), BCE + Dice per prompt."""
         # the same prompt kinds SAM will get at refinement time (box + points), with jittered boxes
         c = self.config
-        prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=c.bbox_shift, points=c.points,
+        prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=self.bbox_shift, points=c.points,
                                       negative_points=c.negative_points, jitter=True,
                                       generator=generator).to(self.device)
         if len(prompts) == 0:

@@ -1,0 +1,80 @@
+"""The painted slices' prior: shape interpolation (nested rings, shrinking, extrapolation) and its fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_samatch.core.prior.interpolation import interpolate_labels, nearest_labels
+from napari_samatch.core.prior.prior import fuse_prior, slice_prior
+
+
+def disk(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius ** 2
+
+
+def ring_slice(r_out: float, r_in: float, shape=(64, 64)) -> np.ndarray:
+    lab = np.zeros(shape, np.uint8)
+    lab[disk(shape, (32, 32), r_out)] = 2  # the myocardium ring...
+    lab[disk(shape, (32, 32), r_in)] = 3   # ...around the LV
+    return lab
+
+
+def test_nested_ring_is_interpolated_as_a_ring_with_radii_in_between():
+    vol = np.zeros((5, 64, 64), np.uint8)
+    vol[0], vol[4] = ring_slice(12, 8), ring_slice(20, 14)
+    out = interpolate_labels(vol, [0, 4], 4)
+    mid = out.labels[2]
+    assert (mid == 3).sum() > 0 and (mid == 2).sum() > 0
+    r_lv = np.sqrt((mid == 3).sum() / np.pi)
+    r_epi = np.sqrt(((mid == 2) | (mid == 3)).sum() / np.pi)
+    assert 10 < r_lv < 12 and 15 < r_epi < 17  # halfway: 11 and 16
+    assert mid[32, 32] == 3  # the LV stays inside the ring, not swallowed by it
+    assert np.array_equal(out.labels[0], vol[0]) and out.confidence[0].min() == 1.0
+
+
+def test_a_class_on_one_side_only_shrinks_to_nothing():
+    vol = np.zeros((5, 64, 64), np.uint8)
+    vol[0][disk((64, 64), (32, 32), 16)] = 1
+    vol[4][disk((64, 64), (10, 10), 3)] = 3  # painted, but without class 1
+    out = interpolate_labels(vol, [0, 4], 4)
+    areas = [(out.labels[z] == 1).sum() for z in range(5)]
+    assert areas[0] > areas[1] > areas[2] > areas[3] >= 0 and areas[4] == 0
+
+
+def test_extrapolation_copies_the_outermost_painted_slice_or_leaves_it_empty():
+    vol = np.zeros((6, 32, 32), np.uint8)
+    vol[2] = 1
+    vol[2][:4] = 0
+    near = interpolate_labels(vol, [2], 2)
+    assert np.array_equal(near.labels[0], vol[2]) and np.array_equal(near.labels[5], vol[2])
+    assert near.confidence[5].max() < near.confidence[3].max() < 1.0  # fades with the distance
+    none = interpolate_labels(vol, [2], 2, extrapolate="none")
+    assert not none.labels[0].any() and none.confidence[0].max() == 0
+    assert np.array_equal(nearest_labels(vol, [2])[4], vol[2])
+
+
+def test_slice_prior_groups_volumes_and_orders_slices_by_position():
+    s = 32
+    a, b = ring_slice(10, 6, (s, s)), ring_slice(14, 9, (s, s))
+    labels = torch.full((7, s, s), -1, dtype=torch.long)
+    # volume "v" stored out of order: positions 2, 0, 1; volume "w" never painted
+    labels[1], labels[2] = torch.from_numpy(a).long(), torch.from_numpy(b).long()
+    groups = ["v", "v", "v", "w", "w", "w", "w"]
+    positions = [2, 0, 1, 0, 1, 2, 3]
+    lab, conf = slice_prior(labels, groups, positions, 4)
+    assert (lab[0] == 3).sum() > 0 and conf[0].max() > 0  # position 2: extrapolated from position 1
+    assert torch.equal(lab[1], labels[1]) and float(conf[1].min()) == 1.0
+    assert float(conf[3:].max()) == 0.0 and int(lab[3:].max()) == 0  # an unpainted volume: no opinion
+
+
+def test_fuse_prior_is_a_distribution_weighted_by_confidence():
+    probs = torch.softmax(torch.randn(2, 4, 8, 8), 1)
+    prior = torch.randint(0, 4, (2, 8, 8))
+    conf = torch.rand(2, 8, 8)
+    fused = fuse_prior(probs, prior, conf, 1.0)
+    assert torch.allclose(fused.sum(1), torch.ones(2, 8, 8), atol=1e-6)
+    sure = torch.ones(2, 8, 8)
+    assert torch.equal(fuse_prior(probs, prior, sure, 1.0).argmax(1), prior)
+    assert torch.equal(fuse_prior(probs, prior, conf, 0.0), probs)
