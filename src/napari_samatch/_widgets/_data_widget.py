@@ -12,7 +12,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import SamatchError
-from ._controller import get_controller, notify_error
+from ._controller import get_controller
+from ._notify import notify_error
 
 WARN_STYLE = "color: #ffb74d;"
 

@@ -10,7 +10,8 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import SamatchError
-from ._controller import get_controller, notify_error
+from ._controller import get_controller
+from ._notify import notify_error
 
 MASK_SOURCES = [("final", "Pseudo-labels + your labels"), ("pseudo", "Pseudo-labels only"),
                 ("user", "Your labels only")]

@@ -23,6 +23,7 @@ from ..core.errors import CheckpointError, DataError, SamatchError
 from ..core.data.session import SessionState, default_session_dir, load_session, save_session
 from ..core.data.volume import Volume
 from ._layers import PromptTable
+from ._notify import notify_error
 from ._runner import failure_message
 
 if TYPE_CHECKING:
@@ -173,8 +174,6 @@ class SessionManager(QObject):
         if result["error"]:
             self.last_error = result["error"]
             self.dirty.add("retry")
-            from ._controller import notify_error
-
             notify_error(result["error"])
         else:
             self.last_error = None

@@ -20,9 +20,9 @@ def finish_workers(timeout_ms: int = 60_000) -> bool:
     """
     from qtpy.QtCore import QThreadPool
 
-    from ._controller import _CONTROLLERS
+    from ._registry import CONTROLLERS
 
-    for ctl in list(_CONTROLLERS.values()):
+    for ctl in list(CONTROLLERS.values()):
         ctl.stop_job()
     return bool(QThreadPool.globalInstance().waitForDone(timeout_ms))
 
