@@ -16,7 +16,8 @@ from PIL import Image
 from napari_samatch.core.data import io
 from napari_samatch.core.errors import DataError, StorageError
 from napari_samatch.core.data.io import (read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes,
-                                    read_volume, write_mask)
+                                    read_volume)
+from napari_samatch.core.data.writers import write_mask
 from napari_samatch.core.data.volume import Volume
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.data.io import write_mask
+from .core.data.writers import write_mask
 from .core.data.volume import Volume
 
 

@@ -286,7 +286,7 @@ class SessionManager(QObject):
     def export_masks(self, path: str | Path, which: str = "final") -> list[Path]:
         """Write masks (``.nii.gz`` with the source affine, ``.tif``, ``.png`` / a folder): final,
         pseudo (the review layer) or user (the labels layer)."""
-        from ..core.data.io import write_mask
+        from ..core.data.writers import write_mask
 
         ctl = self.ctl
         if which == "final":

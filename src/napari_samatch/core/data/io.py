@@ -357,6 +357,3 @@ def read_ssl4mis_volumes(root: str | os.PathLike, list_file: str = "val.list") -
         out.append(Volume(image, labels, None, None, name=vid, source=str(p), metadata={"group": vid}))
     return out
 
-
-# Writing lives in writers.py; re-exported so `io.write_mask` keeps working.
-from .writers import write_mask  # noqa: E402,F401
