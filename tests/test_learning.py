@@ -86,9 +86,9 @@ ACDC_UNLABELED = 24
 
 @pytest.fixture(scope="module")
 def acdc_run(acdc):
-    from napari_samatch.core.data.slices import SliceSet
+    from napari_samatch.core.data import datasets
 
-    full = SliceSet.from_ssl4mis(acdc, labeled_count=68, lazy=True)
+    full = datasets.ssl4mis_slices(acdc, labeled_count=68, lazy=True)
     unl_all = full.unlabeled_indices()
     pick = [unl_all[int(i)] for i in np.linspace(0, len(unl_all) - 1, ACDC_UNLABELED).round()]
     data = full.subset(list(range(68)) + pick)

@@ -10,6 +10,7 @@ import torch
 
 from napari_samatch.core.errors import DataError
 from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
+from napari_samatch.core.data import datasets
 from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_labels_back
 from napari_samatch.core.data.volume import Volume
 
@@ -20,7 +21,7 @@ LIMIT = 120  # the first 120 listed slices: 68 labeled + 52 unlabeled; the full 
 
 @pytest.fixture(scope="module")
 def acdc_set(acdc: Path) -> SliceSet:  # ``acdc`` (the folder) comes from conftest.py
-    return SliceSet.from_ssl4mis(acdc, labeled_count=68, limit=LIMIT)
+    return datasets.ssl4mis_slices(acdc, labeled_count=68, limit=LIMIT)
 
 
 def _check_split(data: SliceSet, ids: list[str]) -> None:
@@ -36,14 +37,14 @@ def _check_split(data: SliceSet, ids: list[str]) -> None:
 def test_from_ssl4mis_full_list(acdc):
     ids = (acdc / "train_slices.list").read_text().split()
     assert len(ids) == 1312
-    _check_split(SliceSet.from_ssl4mis(acdc, labeled_count=68), ids)
+    _check_split(datasets.ssl4mis_slices(acdc, labeled_count=68), ids)
 
 
 def test_from_ssl4mis_split(acdc, acdc_set):
     ids = (acdc / "train_slices.list").read_text().split()
     _check_split(acdc_set, ids[:LIMIT])
     with pytest.raises(DataError, match="labeled_count"):
-        SliceSet.from_ssl4mis(acdc, labeled_count=10, limit=5)
+        datasets.ssl4mis_slices(acdc, labeled_count=10, limit=5)
     data = acdc_set
     assert data.num_classes == 4 and data.class_names == ["background", "RV", "Myo", "LV"]
     assert data.groups[0] == ids[0].rpartition("_slice_")[0] and data.positions[0] == int(ids[0].rpartition("_")[2])

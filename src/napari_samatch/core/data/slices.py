@@ -11,7 +11,6 @@ which slices have a label comes from ``present()``, shapes from ``shape_of(i)``.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -210,30 +209,6 @@ class SliceSet:
         num_classes = num_classes or max(len(names), top + 1, 2)
         names = names or default_class_names(num_classes)
         return cls(images, labels, hidden, ids, groups, positions, num_classes, names).validate()
-
-    @classmethod
-    def from_ssl4mis(cls, root: str | os.PathLike, labeled_count: int = 68, list_file: str = "train_slices.list",
-                     limit: int | None = None, lazy: bool = False) -> SliceSet:
-        """ACDC in the SSL4MIS layout: the first ``labeled_count`` listed slices are labeled, the rest
-        unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests).
-        ``lazy`` reads no pixels now: every slice is read from its file when used (``core.lazy``)."""
-        from .io import read_ssl4mis_slices
-
-        if lazy:
-            from .lazy import ssl4mis_slices
-
-            return ssl4mis_slices(root, labeled_count, list_file, limit=limit)
-        vols = read_ssl4mis_slices(root, list_file, limit=limit)
-        if not 0 < labeled_count <= len(vols):
-            raise DataError(f"labeled_count must be between 1 and {len(vols)} (the listed slices), "
-                            f"got {labeled_count}.")
-        labels = [v.labels if i < labeled_count else None for i, v in enumerate(vols)]
-        hidden = [None if i < labeled_count else v.labels for i, v in enumerate(vols)]
-        return cls(
-            images=[normalise_slice(v.image) for v in vols], labels=labels, hidden=hidden,
-            ids=[v.name for v in vols], groups=[v.metadata["group"] for v in vols],
-            positions=[v.metadata["position"] for v in vols], num_classes=4, class_names=list(ACDC_CLASS_NAMES),
-        ).validate()
 
 
 def _present(seq: Sequence[Any]) -> list[bool]:
