@@ -55,7 +55,7 @@ def main() -> int:
     engine = Engine(data, config)
     unl = data.unlabeled_indices()
     hidden = data.subset(unl).hidden_tensor(config.size).long()
-    engine._sam_optimizer()
+    engine.sam_optimizer()
 
     def score() -> dict:
         engine.sam.eval()

@@ -135,7 +135,7 @@ def test_out_of_memory_saves_the_state_before_the_step_and_says_what_to_do(data,
 def test_out_of_memory_on_a_gpu_advises_the_cpu_and_without_a_folder_says_nothing_was_saved():
     stub = SimpleNamespace(opt_unet=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), opt_sam=None,
                            device=torch.device("cuda"), config=RunConfig(size=256, sam_mode="full"),
-                           _uses_sam=lambda: True)
+                           uses_sam=lambda: True)
     error, path = faults.out_of_memory(stub, "joint", None)
     assert path is None and str(error) == (
         "Out of memory on cuda in the joint stage (batch_labeled 4, batch_unlabeled 4, size 256): lower "

@@ -9,7 +9,8 @@ ACDC in the SSL4MIS layout; a user's own volume has none).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +19,19 @@ from ..device import autocast
 from ..match.inference import predict_volume
 from ..data.slices import SliceSet
 
-if TYPE_CHECKING:
-    from .engine import Engine
+from ..config import RunConfig
+
+
+class Validated(Protocol):
+    """What validation uses of the engine (the engine imports this module, not the reverse)."""
+
+    data: SliceSet
+    config: RunConfig
+    device: torch.device
+    unet: torch.nn.Module
+    lock: AbstractContextManager[Any]
+
+    def preview(self, indices: Sequence[int]) -> dict[str, Any]: ...
 
 
 def dice_by_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
@@ -45,7 +57,7 @@ def torch_dice(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> np.nda
 
 
 class Validator:
-    def __init__(self, engine: "Engine", val: SliceSet, pseudo_sample: int = 32) -> None:
+    def __init__(self, engine: Validated, val: SliceSet, pseudo_sample: int = 32) -> None:
         self.engine = engine
         self.val = val
         groups: dict[str, list[int]] = defaultdict(list)
