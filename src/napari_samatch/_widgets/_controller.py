@@ -29,7 +29,7 @@ from ._layers import slice_shape
 from ._notify import notify_error
 from ._registry import CONTROLLERS
 from ._runner import TrainingJob
-from ._shutdown import _finish_on_quit, finish_workers
+from ._shutdown import finish_on_quit, finish_workers
 from ._slicing import build_slices, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Controller(QObject):
         self._pick_defaults()
         # main-thread time spent on each engine event: (kind, wall ms, cpu ms); the stall test reads it
         self.handler_ms: deque[tuple[str, float, float]] = deque(maxlen=5000)
-        _finish_on_quit()
+        finish_on_quit()
 
     @property
     def viewer(self) -> Any:

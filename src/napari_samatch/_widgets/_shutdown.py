@@ -27,7 +27,7 @@ def finish_workers(timeout_ms: int = 60_000) -> bool:
     return bool(QThreadPool.globalInstance().waitForDone(timeout_ms))
 
 
-def _finish_on_quit() -> None:
+def finish_on_quit() -> None:
     """Connect :func:`finish_workers` to the application's quit, once per process."""
     from qtpy.QtWidgets import QApplication
 
