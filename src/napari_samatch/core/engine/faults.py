@@ -6,7 +6,6 @@ user's last good checkpoint damaged. The engine calls these from its run loop an
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from . import distributed
 from . import events as ev
+from ..checkpoint import disk_full
 from ..config import RunConfig
 from ..device import select_device
 from ..errors import ConfigError, ResourceError, StorageError
@@ -98,7 +98,7 @@ def _why_and_fix(exc: StorageError, path: Path) -> tuple[str, str]:
     cause = exc.__cause__
     if not isinstance(cause, OSError) or not cause.strerror:
         return f"({exc})", "choose another checkpoint folder"
-    full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = disk_full(cause)
     return (f"in {path.parent} ({cause.strerror})",
             "free space or choose another checkpoint folder" if full else "choose a checkpoint folder you can write to")
 
