@@ -22,11 +22,11 @@ from .core.data.datasets import phantom
 from .core.engine.engine import Engine
 from .core.engine.export import export_model
 from .core.data.writers import write_mask
-from .core.engine.validation import torch_dice
+from .core.evaluation.metrics import foreground_dice
 
 
 def _mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    return float(np.nanmean(torch_dice(torch.from_numpy(pred).long(), torch.from_numpy(gt).long(), num_classes)))
+    return float(np.nanmean(foreground_dice(torch.from_numpy(pred).long(), torch.from_numpy(gt).long(), num_classes)))
 
 
 def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = False) -> dict:
