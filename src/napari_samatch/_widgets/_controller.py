@@ -318,10 +318,6 @@ class Controller(QObject):
         self._launch(TrainingJob(lambda: engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
         return True
 
-    def load_model_job(self, make_engine) -> None:
-        """Build an engine from a file in a worker, then preview every slice with it."""
-        self._launch(TrainingJob(make_engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
-
     def _launch(self, job: TrainingJob, total: int) -> None:
         # Create the review layers now, while the user expects a moment's wait: their first creation
         # costs napari imports and widgets, which must not land in the middle of a run.

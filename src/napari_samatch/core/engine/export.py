@@ -24,7 +24,6 @@ def export_model(engine, path: str | Path, best: bool = True) -> Path:
                                "best": engine.best, "history": engine.history}
     if engine.loaded_sam is not None:
         payload["sam"] = engine.loaded_sam.state_dict()
-        payload["sam_fingerprint"] = engine.loaded_sam.fingerprint()
     save_checkpoint(path, payload)
     return Path(path)
 

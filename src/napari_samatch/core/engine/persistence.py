@@ -57,7 +57,6 @@ def state_payload(engine: Resumable) -> dict[str, Any]:
         payload["unet_best"] = engine.best_state
     if engine.loaded_sam is not None:  # SAM only when it was loaded: a UniMatch run never pays for it
         payload["sam"] = engine.loaded_sam.state_dict()
-        payload["sam_fingerprint"] = engine.loaded_sam.fingerprint()
         if engine.opt_sam is not None:
             payload["opt_sam"] = engine.opt_sam.state_dict()
     if distributed.active():  # every rank's own random streams, for an exact resume
