@@ -63,7 +63,7 @@ def test_to_tensors_shapes_and_masks(acdc_set):
     hidden = sub.hidden_tensor(64)
     assert (hidden[:8] == -1).all() and (hidden[8:] >= 0).all()
     # Nearest resampling keeps only existing classes.
-    assert set(labels[labeled].unique().tolist()) <= set(np.unique(np.concatenate([l.ravel() for l in sub.labels[:8]])))
+    assert set(labels[labeled].unique().tolist()) <= set(np.unique(np.concatenate([lab.ravel() for lab in sub.labels[:8]])))
 
 
 def test_from_volume_on_phantom():
