@@ -20,8 +20,8 @@ import torch
 import _protocol as proto
 from napari_samatch.core.checkpoint import load_checkpoint
 from napari_samatch.core.config import from_dict
-from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.data import datasets
+from napari_samatch.core.engine.engine import Engine
 
 
 def main() -> int:

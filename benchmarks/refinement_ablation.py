@@ -21,9 +21,9 @@ import torch
 
 from napari_samatch.core.data.datasets import phantom
 from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.evaluation.metrics import foreground_dice
 from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.sam.prompts import prompts_from_labels, prompts_from_probs
-from napari_samatch.core.evaluation.metrics import foreground_dice
 
 
 def main() -> None:

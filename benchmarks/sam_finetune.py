@@ -21,10 +21,10 @@ import torch
 
 import _protocol as proto
 from napari_samatch.core.config import from_dict, preset
+from napari_samatch.core.data import datasets
 from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.sam.prompts import prompts_from_labels
-from napari_samatch.core.data import datasets
 
 CLASSES = ("RV", "Myo", "LV")
 

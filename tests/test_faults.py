@@ -23,11 +23,11 @@ import torch
 
 from napari_samatch import cli, console
 from napari_samatch.core import checkpoint as checkpoint_mod
-from napari_samatch.core.engine import events as ev
-from napari_samatch.core.engine import faults
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_samatch.core.config import RunConfig
 from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine import events as ev
+from napari_samatch.core.engine import faults
 from napari_samatch.core.engine.engine import STAGES, Engine
 from napari_samatch.core.errors import ConfigError, ResourceError, StorageError
 

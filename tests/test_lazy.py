@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core.data import datasets, lazy
 from napari_samatch.core.config import preset
-from napari_samatch.core.engine.engine import Engine
-from napari_samatch.core.errors import DataError
+from napari_samatch.core.data import datasets, lazy
 from napari_samatch.core.data.io import read_label, read_ssl4mis_slices, read_volume
 from napari_samatch.core.data.slices import SliceSet
 from napari_samatch.core.data.store import MB, SliceStore
+from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.errors import DataError
 
 N_SLICES, N_LABELED = 60, 12
 

@@ -24,8 +24,7 @@ import torch
 from medpy.metric import binary
 from scipy import ndimage
 
-from napari_samatch.core.evaluation.metrics import (asd, dice, dice_per_class, foreground_dice, hd95,
-                                                    per_class_metrics)
+from napari_samatch.core.evaluation.metrics import asd, dice, dice_per_class, foreground_dice, hd95, per_class_metrics
 
 TOL = 1e-6
 _surface_distances = getattr(binary, "__surface_distances")  # medpy's one-way distances (module-private)

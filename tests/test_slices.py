@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core.errors import DataError
-from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
 from napari_samatch.core.data import datasets
+from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
 from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_labels_back
 from napari_samatch.core.data.volume import Volume
-
-
+from napari_samatch.core.errors import DataError
 
 LIMIT = 120  # the first 120 listed slices: 68 labeled + 52 unlabeled; the full list is the slow test
 

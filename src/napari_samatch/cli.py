@@ -62,9 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, main: bool) -> int:
+    from .core.checkpoint import check_writable_folder
     from .core.data import datasets
     from .core.engine import distributed
-    from .core.checkpoint import check_writable_folder
     from .core.engine.engine import Engine
     from .core.engine.export import export_model
 
@@ -107,10 +107,10 @@ def _train(args: argparse.Namespace, main: bool) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .core.engine.export import load_model
-    from .core.match.inference import predict_volume
     from .core.data.io import read_volume
     from .core.data.writers import write_mask
+    from .core.engine.export import load_model
+    from .core.match.inference import predict_volume
 
     unet, config = load_model(args.model)
     vol = read_volume(args.image)
@@ -122,9 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .core.evaluation.evaluate import evaluate_volumes
-    from .core.engine.export import load_model
     from .core.data.io import read_ssl4mis_volumes
+    from .core.engine.export import load_model
+    from .core.evaluation.evaluate import evaluate_volumes
 
     unet, config = load_model(args.model)
     vols = read_ssl4mis_volumes(args.data, args.split)

@@ -19,9 +19,9 @@ from .console import progress_printer
 from .core.checkpoint import atomic_write_bytes
 from .core.config import preset
 from .core.data.datasets import phantom
+from .core.data.writers import write_mask
 from .core.engine.engine import Engine
 from .core.engine.export import export_model
-from .core.data.writers import write_mask
 from .core.evaluation.metrics import foreground_dice
 
 

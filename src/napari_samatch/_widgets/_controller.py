@@ -20,11 +20,11 @@ from napari.utils import progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.engine import events as ev
 from ..core.config import RunConfig
-from ..core.errors import DataError, SamatchError
 from ..core.data.slices import SliceSet, default_class_names
 from ..core.data.volume import Volume
+from ..core.engine import events as ev
+from ..core.errors import DataError, SamatchError
 from ._layers import slice_shape
 from ._notify import notify_error
 from ._registry import CONTROLLERS

@@ -19,9 +19,9 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.checkpoint import load_checkpoint, sha256_bytes
-from ..core.errors import CheckpointError, DataError, SamatchError
 from ..core.data.session import SessionState, default_session_dir, load_session, save_session
 from ..core.data.volume import Volume
+from ..core.errors import CheckpointError, DataError, SamatchError
 from ._layers import PromptTable
 from ._notify import notify_error
 from ._runner import failure_message

@@ -20,6 +20,7 @@ from .sample import make_cardiac_phantom, sample_labeled_slices
 from .slices import ACDC_CLASS_NAMES, SliceSet, normalise_slice
 from .volume import Volume
 
+
 def slices_from_volumes(volumes: Sequence[Volume], num_classes: int, class_names: Sequence[str],
                         as_hidden: bool = False) -> SliceSet:
     """Every slice (axis 0) of fully labeled volumes; ``as_hidden`` keeps the labels out of training."""

@@ -21,9 +21,8 @@ zarr is not supported (the package is not a dependency; the two readers above co
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import os
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache

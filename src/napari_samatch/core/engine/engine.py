@@ -28,20 +28,19 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import distributed
-from . import events as ev
-from . import faults, persistence
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
+from ..data.slices import SliceSet
+from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator
 from ..errors import DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..sam.refiner import Refiner
+from . import distributed, faults, persistence
+from . import events as ev
 from .schedule import PolySchedule
-from ..data.slices import SliceSet
 from .steps import samatch_pseudo, supervised_step, unimatch_step
-from ..data.store import training_slices
 from .validation import Validator
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ from typing import Callable, Protocol
 
 import torch
 
-from . import distributed
-from . import events as ev
 from ..checkpoint import disk_full
 from ..config import RunConfig
 from ..device import select_device
 from ..errors import ConfigError, ResourceError, StorageError
+from . import distributed
+from . import events as ev
 
 log = logging.getLogger(__name__)
 

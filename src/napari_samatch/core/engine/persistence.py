@@ -11,12 +11,11 @@ from typing import Any, Protocol
 
 import torch
 
-from . import distributed
 from ..checkpoint import check_state_fits
 from ..config import RunConfig
 from ..errors import CheckpointError
 from ..sam.base import SamBackend
-
+from . import distributed
 
 FIX = "Was it made with other classes or another SAM backend?"
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..evaluation.metrics import dice_per_class
-from .fusion import fuse
-from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 from .base import SamBackend
 from .cache import EmbeddingCache
+from .fusion import fuse
+from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
 
 @dataclass
