@@ -135,3 +135,20 @@ def test_no_private_name_is_imported_from_another_module():
             if module.startswith("napari_samatch"):
                 private = [n for n in names if n.startswith("_") and not n.startswith("__")]
                 assert not private, f"{MODULES[name]}:{line} imports {private} from {module}"
+
+
+# The core's folders in the order they may import each other: a part uses only what is above it.
+LAYERS = {"errors": 0, "config": 0, "device": 0, "checkpoint": 0,  # the foundations every folder may use
+          "data": 1, "match": 2, "evaluation": 3, "sam": 4, "engine": 5}
+
+
+def test_the_core_folders_are_layers():
+    def layer(module: str) -> int:
+        return LAYERS[module.split(".")[2]]
+
+    core = [m for m in MODULES if m.count(".") >= 2 and m.startswith("napari_samatch.core.")]
+    assert {m.split(".")[2] for m in core} == set(LAYERS), "a new folder or module in core/: give it a layer"
+    for name in core:
+        for target in _graph()[name]:
+            if target.startswith("napari_samatch.core."):
+                assert layer(target) <= layer(name), f"{name} (layer {layer(name)}) imports {target}"

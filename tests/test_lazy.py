@@ -1,4 +1,4 @@
-"""Datasets larger than memory: lazy slice sources (core/lazy.py) and the engine's bounded store (core/store.py).
+"""Datasets larger than memory: lazy slice sources (core/data/lazy.py) and the engine's bounded store (core/data/store.py).
 
 A synthetic cohort on disk (60 SSL4MIS h5 slices of two sizes, two validation volumes, three NIfTI
 volumes) is read lazily and compared with the eager readers value for value; the engine trains on it

@@ -1,4 +1,4 @@
-"""Sessions, autosave, mask and model export for the docks (the file formats live in ``core.session``).
+"""Sessions, autosave, mask and model export for the docks (the file formats live in ``core.data.session``).
 
 Nothing the user painted or corrected is lost: the labels and the review state are autosaved into the
 session folder every ``AUTOSAVE_MS`` when something changed, after each accept, when a run starts and

@@ -44,7 +44,7 @@ def ssl4mis_slices(root: str | os.PathLike, labeled_count: int = 68, list_file: 
                    limit: int | None = None, lazy: bool = False) -> SliceSet:
     """ACDC in the SSL4MIS layout: the first ``labeled_count`` listed slices are labeled, the rest
     unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests).
-    ``lazy`` reads no pixels now: every slice is read from its file when used (``core.lazy``)."""
+    ``lazy`` reads no pixels now: every slice is read from its file when used (``core.data.lazy``)."""
     if lazy:
         return lazy_ssl4mis_slices(root, labeled_count, list_file, limit=limit)
     vols = read_ssl4mis_slices(root, list_file, limit=limit)
@@ -65,7 +65,7 @@ def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.lis
             budget_mb: float = 2048.0) -> tuple[SliceSet, SliceSet | None]:
     """ACDC-style data: the first ``labeled`` training slices labeled, the rest unlabeled (hidden labels).
 
-    ``lazy=True`` reads slices from their files when used (``core.lazy``), training and validation alike;
+    ``lazy=True`` reads slices from their files when used (``core.data.lazy``), training and validation alike;
     ``lazy=None`` decides: lazy when the listed slices would take more than ``budget_mb`` in memory.
     """
     root = Path(root)
@@ -101,7 +101,7 @@ def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int =
 def nifti_cohort(images: Sequence[str | Path], labels: Sequence[str | Path | None] | None = None,
                  labeled_volumes: Sequence[int] | None = None, axis: int = 0,
                  class_names: Sequence[str] | None = None) -> SliceSet:
-    """Many NIfTI volumes, read one slice at a time (``core.lazy.nifti_slices``): the painted slices of
+    """Many NIfTI volumes, read one slice at a time (``core.data.lazy.nifti_slices``): the painted slices of
     the labeled volumes are labeled, everything else unlabeled. Use ``.nii`` rather than ``.nii.gz``."""
     return nifti_slices(images, labels, labeled_volumes=labeled_volumes, axis=axis,
                         num_classes=len(class_names) if class_names else None, class_names=class_names)

@@ -4,7 +4,7 @@ Images are per-slice min-max normalised to [0, 1] at their original size; ``to_t
 them to the square training frame. ``hidden`` holds ground truth that training never sees (benchmarks
 use it to measure pseudo-label quality).
 
-The three per-slice sequences are usually lists, but may be lazy (``core.lazy``: read from disk on
+The three per-slice sequences are usually lists, but may be lazy (``core.data.lazy``: read from disk on
 access, for cohorts larger than memory). Methods here never read every slice of a lazy sequence:
 which slices have a label comes from ``present()``, shapes from ``shape_of(i)``.
 """
@@ -40,8 +40,8 @@ def default_class_names(num_classes: int) -> list[str]:
 class SliceSet:
     """Parallel per-slice lists; see the module docstring. Build with the ``from_*`` constructors."""
 
-    images: Sequence[np.ndarray]          # a list, or core.lazy.LazySlices
-    labels: Sequence[np.ndarray | None]   # a list, or core.lazy.LazyLabels
+    images: Sequence[np.ndarray]          # a list, or core.data.lazy.LazySlices
+    labels: Sequence[np.ndarray | None]   # a list, or core.data.lazy.LazyLabels
     hidden: Sequence[np.ndarray | None]
     ids: list[str]
     groups: list[str]
@@ -62,7 +62,7 @@ class SliceSet:
 
     @property
     def is_lazy(self) -> bool:
-        """True when the images are read from disk on access (``core.lazy``)."""
+        """True when the images are read from disk on access (``core.data.lazy``)."""
         return bool(getattr(self.images, "lazy", False))
 
     def labeled_indices(self) -> list[int]:

@@ -410,7 +410,7 @@ class Engine:
 
     # ----------------------------------------------------------------- persistence
     def state_payload(self) -> dict[str, Any]:
-        """Everything a resume needs (models, optimisers, position, random streams); see core/persistence.py."""
+        """Everything a resume needs (models, optimisers, position, random streams); see core/engine/persistence.py."""
         return persistence.state_payload(self)
 
     def save(self, path: str | Path) -> Path:

@@ -1,6 +1,6 @@
 """What an engine checkpoint holds, and how a resume puts it back.
 
-A checkpoint is one dict (written by :mod:`.checkpoint`): the config, both models and their optimisers,
+A checkpoint is one dict (written by :mod:`..checkpoint`): the config, both models and their optimisers,
 the stage position, the validation history and best weights, and every random stream, so a resumed run
 draws the same batches as an uninterrupted one. Kept apart from the engine, which only trains.
 """
