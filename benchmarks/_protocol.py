@@ -27,16 +27,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from napari_samatch.core.engine import events as ev
 from napari_samatch.core.config import RunConfig, preset
+from napari_samatch.core.data.slices import SliceSet
+from napari_samatch.core.data.volume import Volume
 from napari_samatch.core.device import select_device
+from napari_samatch.core.engine import events as ev
 from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.engine.export import export_model
+from napari_samatch.core.engine.validation import Validator
 from napari_samatch.core.errors import SamatchError
 from napari_samatch.core.evaluation.evaluate import evaluate_volumes
-from napari_samatch.core.engine.export import export_model
-from napari_samatch.core.data.slices import SliceSet
-from napari_samatch.core.engine.validation import Validator
-from napari_samatch.core.data.volume import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

@@ -60,7 +60,7 @@ def load_train(root: Path, labeled: int, limit_unlabeled: int | None, out: Path)
     pick = proto.evenly_spaced(len(pool), limit_unlabeled)
     subset = out / "train_subset.list"
     subset.write_text("\n".join(ids[:labeled] + [pool[i] for i in pick]) + "\n")
-    return SliceSet.from_ssl4mis(root, labeled_count=labeled, list_file=str(subset.resolve()))
+    return datasets.ssl4mis_slices(root, labeled_count=labeled, list_file=str(subset.resolve()))
 
 
 def main(argv: list[str] | None = None) -> int:

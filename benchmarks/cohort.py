@@ -90,8 +90,8 @@ def write_cohort(folder: Path, volumes: int, slices: int, side: int, labeled: in
 
 
 def train(data, args, budget_mb: float) -> tuple[object, list[float]]:
-    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.config import preset
+    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.engine.engine import Engine
 
     config = preset("quick", method="unimatch", warmup_iters=0, sam_iters=0, joint_iters=args.iters,

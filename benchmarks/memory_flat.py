@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "memory_flat.json")
     args = ap.parse_args(argv)
 
-    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.config import preset
     from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine import events as ev
     from napari_samatch.core.engine.engine import Engine
 
     proc = psutil.Process()

@@ -20,8 +20,8 @@ import torch
 import _protocol as proto
 from napari_samatch.core.checkpoint import load_checkpoint
 from napari_samatch.core.config import from_dict
+from napari_samatch.core.data import datasets
 from napari_samatch.core.engine.engine import Engine
-from napari_samatch.core.data.slices import SliceSet
 
 
 def main() -> int:
@@ -35,7 +35,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(proto.RESULTS / "pseudo_coverage.json"))
     args = ap.parse_args()
 
-    full = SliceSet.from_ssl4mis(args.data, labeled_count=args.labeled, lazy=True)
+    full = datasets.ssl4mis_slices(args.data, labeled_count=args.labeled, lazy=True)
     unl_all = full.unlabeled_indices()
     data = full.subset(list(range(args.labeled)) + [unl_all[i] for i in proto.evenly_spaced(len(unl_all), args.limit_unlabeled)])
     sam_payload = load_checkpoint(args.sam_from)

@@ -21,9 +21,9 @@ import torch
 
 from napari_samatch.core.data.datasets import phantom
 from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.evaluation.metrics import foreground_dice
 from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.sam.prompts import prompts_from_labels, prompts_from_probs
-from napari_samatch.core.engine.validation import torch_dice
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     hidden = data.subset(unl).hidden_tensor(c.size).long()
 
     def dice(pred: torch.Tensor) -> list[float]:
-        return [round(float(x), 3) for x in torch_dice(pred.long(), hidden, data.num_classes)]
+        return [round(float(x), 3) for x in foreground_dice(pred.long(), hidden, data.num_classes)]
 
     rows = []
 

@@ -21,10 +21,10 @@ import torch
 
 import _protocol as proto
 from napari_samatch.core.config import from_dict, preset
+from napari_samatch.core.data import datasets
 from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.sam.prompts import prompts_from_labels
-from napari_samatch.core.data.slices import SliceSet
 
 CLASSES = ("RV", "Myo", "LV")
 
@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(proto.RESULTS / "sam_finetune.json"))
     args = ap.parse_args()
 
-    full = SliceSet.from_ssl4mis(args.data, labeled_count=68, lazy=True)
+    full = datasets.ssl4mis_slices(args.data, labeled_count=68, lazy=True)
     unl_all = full.unlabeled_indices()
     pick = [unl_all[int(i)] for i in np.linspace(0, len(unl_all) - 1, args.unlabeled).round()]
     data = full.subset(list(range(68)) + pick)
@@ -55,7 +55,7 @@ def main() -> int:
     engine = Engine(data, config)
     unl = data.unlabeled_indices()
     hidden = data.subset(unl).hidden_tensor(config.size).long()
-    engine._sam_optimizer()
+    engine.sam_optimizer()
 
     def score() -> dict:
         engine.sam.eval()

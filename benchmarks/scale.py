@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     args = ap.parse_args(argv)
 
-    from napari_samatch.core.data import datasets
     from napari_samatch.core.config import preset
-    from napari_samatch.core.engine.engine import Engine
-    from napari_samatch.core.match.inference import predict_volume
+    from napari_samatch.core.data import datasets
     from napari_samatch.core.data.sample import make_cardiac_phantom
     from napari_samatch.core.data.writers import write_mask
+    from napari_samatch.core.engine.engine import Engine
+    from napari_samatch.core.match.inference import predict_volume
 
     log = PhaseLog()
     phase = log.phase

@@ -62,7 +62,7 @@ def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: 
     engine = Engine(data, config)
     engine.refiner  # loads SAM
     load_s = time.perf_counter() - t0
-    engine._sam_optimizer()
+    engine.sam_optimizer()
 
     sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
     keys = list(range(len(data)))

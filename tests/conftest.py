@@ -47,9 +47,9 @@ def _finish_qt_workers(timeout_s: float = 120.0) -> None:
 
     if QApplication.instance() is None:
         return
-    ctl_mod = sys.modules.get("napari_samatch._widgets._controller")
-    if ctl_mod is not None:
-        for ctl in list(ctl_mod._CONTROLLERS.values()):
+    registry = sys.modules.get("napari_samatch._widgets._registry")
+    if registry is not None:
+        for ctl in list(registry.CONTROLLERS.values()):
             ctl.stop_job()
     pool, deadline = QThreadPool.globalInstance(), time.monotonic() + timeout_s
     while pool.activeThreadCount() and time.monotonic() < deadline:

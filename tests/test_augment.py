@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from napari_samatch.core.errors import ConfigError
 from napari_samatch.core.match.augment import (
     apply_cutmix,
     cutmix_masks,
@@ -16,7 +17,6 @@ from napari_samatch.core.match.augment import (
     strong_view,
     warp,
 )
-from napari_samatch.core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -27,16 +27,16 @@ from PIL import Image
 from napari_samatch._reader import read_layers
 from napari_samatch._writer import write_labels
 from napari_samatch.cli import main
-from napari_samatch.core.data import datasets
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_samatch.core.config import RunConfig, from_dict, load_config
-from napari_samatch.core.errors import CheckpointError, ConfigError, DataError, SamatchError, StorageError
-from napari_samatch.core.engine.export import load_model
+from napari_samatch.core.data import datasets
 from napari_samatch.core.data.io import read_label, read_volume
-from napari_samatch.core.match.unet import UNet
 from napari_samatch.core.data.session import SessionState, load_session, save_session
 from napari_samatch.core.data.slices import SliceSet
 from napari_samatch.core.data.volume import Volume, to_single_channel
+from napari_samatch.core.engine.export import load_model
+from napari_samatch.core.errors import CheckpointError, ConfigError, DataError, SamatchError, StorageError
+from napari_samatch.core.match.unet import UNet
 
 torch.set_num_threads(1)
 CLI = "cli"  # expected "error" of rows that run napari_samatch.cli.main

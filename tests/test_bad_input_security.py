@@ -22,11 +22,11 @@ import torch
 
 from napari_samatch.cli import main
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint, sha256_file
-from napari_samatch.core.errors import CheckpointError, DataError
-from napari_samatch.core.engine.export import load_model
 from napari_samatch.core.data.session import SessionState, load_session, save_session
 from napari_samatch.core.data.slices import SliceSet
 from napari_samatch.core.data.volume import Volume
+from napari_samatch.core.engine.export import load_model
+from napari_samatch.core.errors import CheckpointError, DataError
 
 
 class _RunsCode:

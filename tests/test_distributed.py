@@ -30,10 +30,10 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from napari_samatch.core.engine import distributed, steps
-from napari_samatch.core.engine import engine as engine_mod
 from napari_samatch.core.config import preset
 from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine import distributed, steps
+from napari_samatch.core.engine import engine as engine_mod
 from napari_samatch.core.match.unet import UNet
 
 WORLD = 2

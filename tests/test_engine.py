@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core.engine import events as ev
 from napari_samatch.core.config import preset
 from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine import events as ev
 from napari_samatch.core.engine.engine import Engine
-from napari_samatch.core.errors import CheckpointError, DataError
 from napari_samatch.core.engine.export import export_model, load_model
+from napari_samatch.core.errors import CheckpointError, DataError
 from napari_samatch.core.sam.prompts import Prompts
 
 

@@ -21,13 +21,13 @@ import pytest
 import tifffile
 import torch
 
-from napari_samatch import cli
+from napari_samatch import cli, console
 from napari_samatch.core import checkpoint as checkpoint_mod
-from napari_samatch.core.engine import events as ev
-from napari_samatch.core.engine import faults
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_samatch.core.config import RunConfig
 from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.engine import events as ev
+from napari_samatch.core.engine import faults
 from napari_samatch.core.engine.engine import STAGES, Engine
 from napari_samatch.core.errors import ConfigError, ResourceError, StorageError
 
@@ -135,7 +135,7 @@ def test_out_of_memory_saves_the_state_before_the_step_and_says_what_to_do(data,
 def test_out_of_memory_on_a_gpu_advises_the_cpu_and_without_a_folder_says_nothing_was_saved():
     stub = SimpleNamespace(opt_unet=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), opt_sam=None,
                            device=torch.device("cuda"), config=RunConfig(size=256, sam_mode="full"),
-                           _uses_sam=lambda: True)
+                           uses_sam=lambda: True)
     error, path = faults.out_of_memory(stub, "joint", None)
     assert path is None and str(error) == (
         "Out of memory on cuda in the joint stage (batch_labeled 4, batch_unlabeled 4, size 256): lower "
@@ -224,7 +224,7 @@ def test_a_disk_still_full_at_the_end_is_an_error_and_the_previous_checkpoint_st
 
 
 def test_cli_prints_the_disk_warning(capsys):
-    printer = cli._progress_printer()
+    printer = console.progress_printer()
     printer(ev.Event(ev.LOG, message="Checkpoint of iteration 4 not saved ...", data={"level": "warning"}))
     assert "warning: Checkpoint of iteration 4 not saved ..." in capsys.readouterr().out
 

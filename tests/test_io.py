@@ -14,11 +14,16 @@ import tifffile
 from PIL import Image
 
 from napari_samatch.core.data import io
-from napari_samatch.core.errors import DataError, StorageError
-from napari_samatch.core.data.io import (read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes,
-                                    read_volume, write_mask)
+from napari_samatch.core.data.io import (
+    read_image_folder,
+    read_label,
+    read_ssl4mis_slices,
+    read_ssl4mis_volumes,
+    read_volume,
+)
 from napari_samatch.core.data.volume import Volume
-
+from napari_samatch.core.data.writers import write_mask
+from napari_samatch.core.errors import DataError, StorageError
 
 # A rotated, sheared, anisotropic, translated affine: any axis mix-up changes the world mapping.
 AFFINE = np.array([[0.0, -1.2, 0.1, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.2, 3.5, 2.0], [0, 0, 0, 1]])

@@ -1,4 +1,4 @@
-"""Datasets larger than memory: lazy slice sources (core/lazy.py) and the engine's bounded store (core/store.py).
+"""Datasets larger than memory: lazy slice sources (core/data/lazy.py) and the engine's bounded store (core/data/store.py).
 
 A synthetic cohort on disk (60 SSL4MIS h5 slices of two sizes, two validation volumes, three NIfTI
 volumes) is read lazily and compared with the eager readers value for value; the engine trains on it
@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core.data import datasets, lazy
 from napari_samatch.core.config import preset
-from napari_samatch.core.engine.engine import Engine
-from napari_samatch.core.errors import DataError
+from napari_samatch.core.data import datasets, lazy
 from napari_samatch.core.data.io import read_label, read_ssl4mis_slices, read_volume
 from napari_samatch.core.data.slices import SliceSet
 from napari_samatch.core.data.store import MB, SliceStore
+from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.errors import DataError
 
 N_SLICES, N_LABELED = 60, 12
 
@@ -104,10 +104,10 @@ def _count_reads(monkeypatch) -> list:
 # ------------------------------------------------------------------------------------ sources
 def test_ssl4mis_lazy_equals_eager_and_reads_nothing_up_front(cohort, monkeypatch):
     reads = _count_reads(monkeypatch)
-    data = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED, lazy=True)
+    data = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED, lazy=True)
     # validate() reads only the labeled slices' labels (image shapes come from the headers)
     assert len(reads) == N_LABELED and all(r.dataset == "label" for r in reads)
-    eager = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED)
+    eager = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED)
     assert data.is_lazy and not eager.is_lazy
     assert (data.ids, data.groups, data.positions) == (eager.ids, eager.groups, eager.positions)
     assert data.labeled_indices() == eager.labeled_indices() == list(range(N_LABELED))
@@ -139,11 +139,11 @@ def test_ssl4mis_validation_volumes_lazy(cohort):
 
 def test_ssl4mis_lazy_errors(cohort, tmp_path):
     with pytest.raises(DataError, match="labeled_count"):
-        SliceSet.from_ssl4mis(cohort, labeled_count=61, lazy=True)
+        datasets.ssl4mis_slices(cohort, labeled_count=61, lazy=True)
     (tmp_path / "data" / "slices").mkdir(parents=True)
     (tmp_path / "train_slices.list").write_text("missing_slice_0\n")
     with pytest.raises(DataError, match="does not exist"):
-        SliceSet.from_ssl4mis(tmp_path, labeled_count=1, lazy=True)
+        datasets.ssl4mis_slices(tmp_path, labeled_count=1, lazy=True)
 
 
 @pytest.mark.parametrize("axis", [0, 1])
@@ -190,7 +190,7 @@ def test_nifti_lazy_errors(niftis, tmp_path):
 
 # ------------------------------------------------------------------------------------ the store
 def test_store_indexes_like_the_stacked_tensor_within_budget(cohort):
-    data = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED)
+    data = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED)
     images, labels, labeled = data.to_tensors(32)
     per_image = 32 * 32 * 4
     store = SliceStore(data.images, 32, "cpu", budget_bytes=5 * per_image, kind="image")
@@ -224,8 +224,8 @@ def _config(data: SliceSet, method: str, **kw):
 
 @pytest.mark.parametrize("method", ["supervised", "unimatch"])
 def test_engine_lazy_trains_exactly_like_eager(cohort, method):
-    eager_data = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED)
-    lazy_data = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED, lazy=True)
+    eager_data = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED)
+    lazy_data = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED, lazy=True)
     # build and run one after the other: Engine() seeds torch's global stream, which dropout draws from
     eager = Engine(eager_data, _config(eager_data, method))
     eager.run()
@@ -245,7 +245,7 @@ def test_engine_lazy_trains_exactly_like_eager(cohort, method):
 
 
 def test_engine_uses_the_store_above_the_budget_for_in_memory_data(cohort):
-    data = SliceSet.from_ssl4mis(cohort, labeled_count=N_LABELED)
+    data = datasets.ssl4mis_slices(cohort, labeled_count=N_LABELED)
     stacked = Engine(data, _config(data, "supervised"))
     stacked.run()
     stored = Engine(data, _config(data, "supervised", data_budget_mb=0.1))  # 60 x 32 x 32 x 12 B = 0.7 MB
@@ -280,8 +280,8 @@ def test_cli_train_lazy(cohort, tmp_path):
 def test_acdc_lazy_reader_matches_eager_reader(acdc):
     limit = 40
     vols = read_ssl4mis_slices(acdc, limit=limit)  # the eager reader behind SliceSet.from_ssl4mis
-    eager = SliceSet.from_ssl4mis(acdc, labeled_count=20, limit=limit)
-    data = SliceSet.from_ssl4mis(acdc, labeled_count=20, limit=limit, lazy=True)
+    eager = datasets.ssl4mis_slices(acdc, labeled_count=20, limit=limit)
+    data = datasets.ssl4mis_slices(acdc, labeled_count=20, limit=limit, lazy=True)
     assert data.ids == [v.name for v in vols] and data.groups == eager.groups
     assert data.positions == eager.positions
     for i, v in enumerate(vols):

@@ -21,7 +21,7 @@ import torch
 from napari_samatch.core.config import preset
 from napari_samatch.core.data.datasets import phantom
 from napari_samatch.core.engine.engine import Engine
-from napari_samatch.core.engine.validation import torch_dice
+from napari_samatch.core.evaluation.metrics import foreground_dice
 
 MIN_RAW = 0.75
 MIN_GAIN = 0.01
@@ -45,7 +45,7 @@ def run():
 
 
 def per_class(pred: torch.Tensor, hidden: torch.Tensor) -> np.ndarray:
-    return np.asarray(torch_dice(pred.long(), hidden, 4), dtype=float)
+    return np.asarray(foreground_dice(pred.long(), hidden, 4), dtype=float)
 
 
 def test_match_model_learns_and_sam_refines_it(run):
@@ -86,9 +86,9 @@ ACDC_UNLABELED = 24
 
 @pytest.fixture(scope="module")
 def acdc_run(acdc):
-    from napari_samatch.core.data.slices import SliceSet
+    from napari_samatch.core.data import datasets
 
-    full = SliceSet.from_ssl4mis(acdc, labeled_count=68, lazy=True)
+    full = datasets.ssl4mis_slices(acdc, labeled_count=68, lazy=True)
     unl_all = full.unlabeled_indices()
     pick = [unl_all[int(i)] for i in np.linspace(0, len(unl_all) - 1, ACDC_UNLABELED).round()]
     data = full.subset(list(range(68)) + pick)

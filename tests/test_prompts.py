@@ -106,12 +106,6 @@ def test_batch_keeps_image_index():
     assert pr.image_index.tolist() == [0, 2, 2]
     assert pr.class_index.tolist() == [2, 1, 2]
     assert pr.boxes.tolist() == [[0, 0, 6, 6], [2, 9, 9, 20], [14, 1, 22, 8]]
-    p2 = pr.for_image(2)
-    assert p2.num_images == 1 and p2.image_index.tolist() == [0, 0]
-    assert p2.boxes.tolist() == pr.boxes[1:].tolist()
-    assert len(pr.for_image(1)) == 0
-    with pytest.raises(DataError):
-        pr.for_image(3)
 
 
 def _random_blobs(seed: int, b=3, c=4, h=48, w=40) -> torch.Tensor:

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.evaluation.metrics import dice, hd95
+from napari_samatch.core.sam.fusion import fuse
 from napari_samatch.core.sam.prompts import label_components, prompts_from_probs
 
 torch.set_num_threads(1)
@@ -123,12 +123,12 @@ def test_dice_symmetric_bounded_and_hd95_nonnegative(pair, cls):
 # Random bytes, and valid files with random bytes written over them or cut short, under every reader
 # extension: the reader must either return a valid Volume or raise DataError, never another exception,
 # and never take long (no hang on a header that claims a huge size).
-from pathlib import Path  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from napari_samatch.core.errors import DataError  # noqa: E402
 from napari_samatch.core.data.io import read_volume  # noqa: E402
+from napari_samatch.core.errors import DataError  # noqa: E402
 
 FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_EXTS = (".nii", ".nii.gz", ".tif", ".h5", ".png")

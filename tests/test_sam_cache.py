@@ -82,16 +82,13 @@ def test_embed_encodes_only_missing_keys():
     cache.close()
 
 
-def test_invalidate_and_bind():
+def test_invalidate():
     backend = FakeBackend()
     cache = EmbeddingCache(budget_mb=0)  # everything spills
-    cache.bind("encoder-a")
     cache.embed(["a", "b"], lambda ks: images_for([1] * len(ks)), backend)
     folder = cache.spill_path
     assert cache.bytes_in_memory == 0 and len(list(folder.glob("*.npy"))) == 2
-    cache.bind("encoder-a")
-    assert len(cache) == 2
-    cache.bind("encoder-b")  # new encoder weights: old embeddings are worthless
+    cache.invalidate()  # a new slice list (Engine.set_data): old keys are meaningless
     assert len(cache) == 0 and not list(folder.glob("*.npy")) and cache.bytes_on_disk == 0
     cache.close()
     assert not folder.exists()

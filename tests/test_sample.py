@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_samatch.core.errors import DataError
 from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
+from napari_samatch.core.errors import DataError
 
 
 def test_deterministic_and_seeded():

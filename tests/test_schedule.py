@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from napari_samatch.core.errors import ConfigError
 from napari_samatch.core.engine.schedule import PolySchedule, poly_lr
+from napari_samatch.core.errors import ConfigError
 
 
 def test_poly_monotone_real_and_clamped():

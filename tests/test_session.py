@@ -8,10 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_samatch.core.errors import CheckpointError, DataError
 from napari_samatch.core.data.session import (
-    SessionState, default_session_dir, has_session, inside, load_session, save_session,
+    SessionState,
+    default_session_dir,
+    has_session,
+    inside,
+    load_session,
+    save_session,
 )
+from napari_samatch.core.errors import CheckpointError, DataError
 
 
 def _state(rng: np.random.Generator) -> SessionState:

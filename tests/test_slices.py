@@ -8,19 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_samatch.core.errors import DataError
+from napari_samatch.core.data import datasets
 from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
 from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_labels_back
 from napari_samatch.core.data.volume import Volume
-
-
+from napari_samatch.core.errors import DataError
 
 LIMIT = 120  # the first 120 listed slices: 68 labeled + 52 unlabeled; the full list is the slow test
 
 
 @pytest.fixture(scope="module")
 def acdc_set(acdc: Path) -> SliceSet:  # ``acdc`` (the folder) comes from conftest.py
-    return SliceSet.from_ssl4mis(acdc, labeled_count=68, limit=LIMIT)
+    return datasets.ssl4mis_slices(acdc, labeled_count=68, limit=LIMIT)
 
 
 def _check_split(data: SliceSet, ids: list[str]) -> None:
@@ -36,14 +35,14 @@ def _check_split(data: SliceSet, ids: list[str]) -> None:
 def test_from_ssl4mis_full_list(acdc):
     ids = (acdc / "train_slices.list").read_text().split()
     assert len(ids) == 1312
-    _check_split(SliceSet.from_ssl4mis(acdc, labeled_count=68), ids)
+    _check_split(datasets.ssl4mis_slices(acdc, labeled_count=68), ids)
 
 
 def test_from_ssl4mis_split(acdc, acdc_set):
     ids = (acdc / "train_slices.list").read_text().split()
     _check_split(acdc_set, ids[:LIMIT])
     with pytest.raises(DataError, match="labeled_count"):
-        SliceSet.from_ssl4mis(acdc, labeled_count=10, limit=5)
+        datasets.ssl4mis_slices(acdc, labeled_count=10, limit=5)
     data = acdc_set
     assert data.num_classes == 4 and data.class_names == ["background", "RV", "Myo", "LV"]
     assert data.groups[0] == ids[0].rpartition("_slice_")[0] and data.positions[0] == int(ids[0].rpartition("_")[2])
@@ -62,7 +61,7 @@ def test_to_tensors_shapes_and_masks(acdc_set):
     hidden = sub.hidden_tensor(64)
     assert (hidden[:8] == -1).all() and (hidden[8:] >= 0).all()
     # Nearest resampling keeps only existing classes.
-    assert set(labels[labeled].unique().tolist()) <= set(np.unique(np.concatenate([l.ravel() for l in sub.labels[:8]])))
+    assert set(labels[labeled].unique().tolist()) <= set(np.unique(np.concatenate([lab.ravel() for lab in sub.labels[:8]])))
 
 
 def test_from_volume_on_phantom():

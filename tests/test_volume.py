@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_samatch.core.errors import DataError
 from napari_samatch.core.data.volume import Volume, as_3d, coerce_labels, to_single_channel
+from napari_samatch.core.errors import DataError
 
 
 def _vol(shape=(4, 8, 9), **kw) -> Volume:

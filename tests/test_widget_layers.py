@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from napari_samatch._widgets._layers import (
-    PromptTable, display_to_frame_box, display_to_frame_points, frame_to_display_box, frame_to_display_points,
-    preview_to_display, slice_indices, slice_shape, slice_view,
+    PromptTable,
+    display_to_frame_box,
+    display_to_frame_points,
+    frame_to_display_box,
+    frame_to_display_points,
+    preview_to_display,
+    slice_indices,
+    slice_shape,
+    slice_view,
 )
 from napari_samatch.core.sam.prompts import Prompts
 

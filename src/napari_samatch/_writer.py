@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .core.data.io import write_mask
 from .core.data.volume import Volume
+from .core.data.writers import write_mask
 
 
 def write_labels(path: str, data: Any, meta: dict | None) -> list[str]:

@@ -13,39 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .core.engine import events as ev
+from .console import progress_printer
 from .core.errors import SamatchError
-
-
-def _progress_printer(quiet: bool = False):
-    """An event callback drawing a tqdm bar over all stages plus metric lines."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def on_event(e: ev.Event) -> None:
-        nonlocal bar
-        if quiet:
-            return
-        if bar is None and e.global_total:
-            bar = tqdm(total=e.global_total, initial=e.global_iteration, unit="it", dynamic_ncols=True,
-                       file=sys.stderr)
-        if e.kind == ev.PROGRESS and bar is not None:
-            bar.set_description(e.stage)
-            losses = e.data.get("losses", {})
-            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.3f}", refresh=False)
-            bar.update(e.global_iteration - bar.n)
-        elif e.kind == ev.METRICS:
-            line = f"[{e.stage} {e.iteration}] {ev.format_metrics(e.data)}"
-            (bar.write if bar else print)(line)
-        elif e.kind == ev.LOG and e.data.get("level") == "warning":  # e.g. a checkpoint the full disk refused
-            (bar.write if bar else print)(f"warning: {e.message}")
-        elif e.kind in (ev.STAGE, ev.STOPPED, ev.CHECKPOINT, ev.LOG):
-            (bar.write if bar else print)(e.message)
-        elif e.kind == ev.DONE and bar is not None:
-            bar.close()
-
-    return on_event
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -93,9 +62,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, main: bool) -> int:
+    from .core.checkpoint import check_writable_folder
     from .core.data import datasets
     from .core.engine import distributed
-    from .core.checkpoint import check_writable_folder
     from .core.engine.engine import Engine
     from .core.engine.export import export_model
 
@@ -126,7 +95,7 @@ def _train(args: argparse.Namespace, main: bool) -> int:
         print(f"{len(data.labeled_indices())} labeled and {len(data.unlabeled_indices())} unlabeled slices; "
               f"method {engine.config.method}; device {engine.device}{ranks}", file=sys.stderr)
     t0 = time.perf_counter()
-    summary = engine.run(_progress_printer(args.quiet), checkpoint_dir=out)
+    summary = engine.run(progress_printer(args.quiet), checkpoint_dir=out)
     summary["wall_s"] = time.perf_counter() - t0
     if not main:
         return 0
@@ -138,9 +107,10 @@ def _train(args: argparse.Namespace, main: bool) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .core.data.io import read_volume
+    from .core.data.writers import write_mask
     from .core.engine.export import load_model
     from .core.match.inference import predict_volume
-    from .core.data.io import read_volume, write_mask
 
     unet, config = load_model(args.model)
     vol = read_volume(args.image)
@@ -152,9 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .core.evaluation.evaluate import evaluate_volumes
-    from .core.engine.export import load_model
     from .core.data.io import read_ssl4mis_volumes
+    from .core.engine.export import load_model
+    from .core.evaluation.evaluate import evaluate_volumes
 
     unet, config = load_model(args.model)
     vols = read_ssl4mis_volumes(args.data, args.split)

@@ -15,22 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .console import progress_printer
 from .core.checkpoint import atomic_write_bytes
 from .core.config import preset
 from .core.data.datasets import phantom
+from .core.data.writers import write_mask
 from .core.engine.engine import Engine
 from .core.engine.export import export_model
-from .core.data.io import write_mask
-from .core.engine.validation import torch_dice
+from .core.evaluation.metrics import foreground_dice
 
 
 def _mean_dice(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    return float(np.nanmean(torch_dice(torch.from_numpy(pred).long(), torch.from_numpy(gt).long(), num_classes)))
+    return float(np.nanmean(foreground_dice(torch.from_numpy(pred).long(), torch.from_numpy(gt).long(), num_classes)))
 
 
 def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = False) -> dict:
-    from .cli import _progress_printer
-
     t0 = time.perf_counter()
     data, vol, picked = phantom()
     unl = data.unlabeled_indices()
@@ -45,7 +44,7 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = 
     print(f"Synthetic cardiac volume {vol.image.shape}; hand-labeled slices {picked}; "
           f"{len(unl)} unlabeled slices whose hidden labels measure the pseudo-labels.", file=sys.stderr)
     engine = Engine(data, config)
-    summary = engine.run(_progress_printer(quiet), checkpoint_dir=out / "checkpoints")
+    summary = engine.run(progress_printer(quiet), checkpoint_dir=out / "checkpoints")
 
     hidden = data.subset(unl).hidden_tensor(config.size).numpy()
     preview = engine.preview(unl)

@@ -17,21 +17,22 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import progress
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.engine import events as ev
 from ..core.config import RunConfig
-from ..core.errors import DataError, SamatchError
 from ..core.data.slices import SliceSet, default_class_names
 from ..core.data.volume import Volume
+from ..core.engine import events as ev
+from ..core.errors import DataError, SamatchError
 from ._layers import slice_shape
+from ._notify import notify_error
+from ._registry import CONTROLLERS
 from ._runner import TrainingJob
-from ._shutdown import _finish_on_quit, finish_workers
+from ._shutdown import finish_on_quit, finish_workers
 from ._slicing import build_slices, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
-_CONTROLLERS: dict[int, "Controller"] = {}
 
 
 def unwrap(viewer: Any) -> Any:
@@ -44,16 +45,12 @@ def unwrap(viewer: Any) -> Any:
 def get_controller(viewer: Any) -> "Controller":
     """The one controller of this viewer, created on first use."""
     real = unwrap(viewer)
-    ctl = _CONTROLLERS.get(id(real))
+    ctl = CONTROLLERS.get(id(real))
     if ctl is None or ctl.viewer is not real:
         ctl = Controller(real)
-        _CONTROLLERS[id(real)] = ctl
-        weakref.finalize(real, _CONTROLLERS.pop, id(real), None)
+        CONTROLLERS[id(real)] = ctl
+        weakref.finalize(real, CONTROLLERS.pop, id(real), None)
     return ctl
-
-
-def notify_error(message: str) -> None:
-    show_error(message)
 
 
 class Controller(QObject):
@@ -96,7 +93,7 @@ class Controller(QObject):
         self._pick_defaults()
         # main-thread time spent on each engine event: (kind, wall ms, cpu ms); the stall test reads it
         self.handler_ms: deque[tuple[str, float, float]] = deque(maxlen=5000)
-        _finish_on_quit()
+        finish_on_quit()
 
     @property
     def viewer(self) -> Any:
@@ -320,10 +317,6 @@ class Controller(QObject):
         engine = self.engine
         self._launch(TrainingJob(lambda: engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
         return True
-
-    def load_model_job(self, make_engine) -> None:
-        """Build an engine from a file in a worker, then preview every slice with it."""
-        self._launch(TrainingJob(make_engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
 
     def _launch(self, job: TrainingJob, total: int) -> None:
         # Create the review layers now, while the user expects a moment's wait: their first creation

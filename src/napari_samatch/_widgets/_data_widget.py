@@ -7,12 +7,24 @@ from pathlib import Path
 
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget,
-    QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..core.errors import SamatchError
-from ._controller import get_controller, notify_error
+from ._controller import get_controller
+from ._notify import notify_error
 
 WARN_STYLE = "color: #ffb74d;"
 

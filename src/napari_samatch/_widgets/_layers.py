@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.sam.prompts import Prompts
 from ..core.data.slices import resize_labels_back
+from ..core.sam.prompts import Prompts
 
 
 # ----------------------------------------------------------------------------------- coordinates

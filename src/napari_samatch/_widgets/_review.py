@@ -19,6 +19,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from ._layers import PromptTable, preview_to_display, slice_indices, slice_view
+from ._notify import notify_error
 from ._runner import failure_message
 
 if TYPE_CHECKING:
@@ -238,8 +239,6 @@ class ReviewLayers(QObject):
 
     def _on_refine_error(self, exc: BaseException) -> None:
         self._refining = None
-        from ._controller import notify_error
-
         notify_error(failure_message(exc, "Re-running SAM"))
         self._next_refine()
 

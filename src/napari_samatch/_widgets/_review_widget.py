@@ -5,12 +5,25 @@ from __future__ import annotations
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView, QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QHeaderView,
-    QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..core.errors import SamatchError
-from ._controller import get_controller, notify_error
+from ._controller import get_controller
+from ._notify import notify_error
 
 MASK_SOURCES = [("final", "Pseudo-labels + your labels"), ("pseudo", "Pseudo-labels only"),
                 ("user", "Your labels only")]

@@ -1,4 +1,4 @@
-"""Sessions, autosave, mask and model export for the docks (the file formats live in ``core.session``).
+"""Sessions, autosave, mask and model export for the docks (the file formats live in ``core.data.session``).
 
 Nothing the user painted or corrected is lost: the labels and the review state are autosaved into the
 session folder every ``AUTOSAVE_MS`` when something changed, after each accept, when a run starts and
@@ -19,10 +19,11 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.checkpoint import load_checkpoint, sha256_bytes
-from ..core.errors import CheckpointError, DataError, SamatchError
 from ..core.data.session import SessionState, default_session_dir, load_session, save_session
 from ..core.data.volume import Volume
+from ..core.errors import CheckpointError, DataError, SamatchError
 from ._layers import PromptTable
+from ._notify import notify_error
 from ._runner import failure_message
 
 if TYPE_CHECKING:
@@ -173,8 +174,6 @@ class SessionManager(QObject):
         if result["error"]:
             self.last_error = result["error"]
             self.dirty.add("retry")
-            from ._controller import notify_error
-
             notify_error(result["error"])
         else:
             self.last_error = None
@@ -287,7 +286,7 @@ class SessionManager(QObject):
     def export_masks(self, path: str | Path, which: str = "final") -> list[Path]:
         """Write masks (``.nii.gz`` with the source affine, ``.tif``, ``.png`` / a folder): final,
         pseudo (the review layer) or user (the labels layer)."""
-        from ..core.data.io import write_mask
+        from ..core.data.writers import write_mask
 
         ctl = self.ctl
         if which == "final":

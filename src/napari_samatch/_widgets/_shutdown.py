@@ -20,14 +20,14 @@ def finish_workers(timeout_ms: int = 60_000) -> bool:
     """
     from qtpy.QtCore import QThreadPool
 
-    from ._controller import _CONTROLLERS
+    from ._registry import CONTROLLERS
 
-    for ctl in list(_CONTROLLERS.values()):
+    for ctl in list(CONTROLLERS.values()):
         ctl.stop_job()
     return bool(QThreadPool.globalInstance().waitForDone(timeout_ms))
 
 
-def _finish_on_quit() -> None:
+def finish_on_quit() -> None:
     """Connect :func:`finish_workers` to the application's quit, once per process."""
     from qtpy.QtWidgets import QApplication
 

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.errors import DataError
 from ..core.data.slices import SliceSet
 from ..core.data.volume import Volume, to_single_channel
+from ..core.errors import DataError
 
 
 def volume_from_layers(image_layer: Any, labels_layer: Any, class_names: Sequence[str]) -> Volume:

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
-    QPlainTextEdit, QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 from superqt import QCollapsible
 
-from ..core.engine import events as ev
 from ..core.config import PRESETS, RunConfig, from_dict, preset
 from ..core.device import available_devices, device_summary
+from ..core.engine import events as ev
 from ..core.errors import SamatchError
-from ._controller import get_controller, notify_error
+from ._controller import get_controller
+from ._notify import notify_error
 from ._plots import CurvePlot
 
 # (field, label, kind, min, max, step) for the advanced settings; kind 'i' int, 'f' float, 'c' choice

@@ -5,6 +5,10 @@ reads it and a file that tries to run code is refused. Writing goes to a tempora
 folder, is flushed to disk (fsync), then renamed over the target: a crash or a full disk leaves the
 previous checkpoint intact. The SHA-256 of the bytes is stored beside it (``<name>.sha256``) and checked
 on load, so a truncated copy is caught before it corrupts a run.
+
+This module is also the one atomic writer of the package (:func:`atomic_paths`, :func:`atomic_write_bytes`):
+sessions, masks, SAM weights and the CLI's reports are written the same way, and a failed write says the
+same sentence (:func:`storage_error`) wherever it happens.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import pickle
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +46,74 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` is the operating system saying the disk (or the user's quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(path: Path, exc: OSError) -> StorageError:
+    """The one sentence for a failed write of ``path``: what happened and what to do."""
+    if disk_full(exc):
+        full = "disk is full" if exc.errno == errno.ENOSPC else "disk quota is used up"
+        return StorageError(f"The {full} while writing {path}; free some space or choose another folder.")
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StorageError(f"No permission to write {path} ({exc.strerror}); choose a folder you can write to.")
+    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
+        return StorageError(f"Cannot write {path}: the folder {path.parent} does not exist; create it first.")
+    return StorageError(f"Could not write {path} ({exc.strerror or exc}); choose a folder you can write to.")
+
+
+@contextmanager
+def atomic_paths(targets: Sequence[str | Path], make_folders: bool = True,
+                 keep_extension: bool = False) -> Iterator[list[Path]]:
+    """Temporary files beside ``targets`` that replace them only when the ``with`` block ends without error.
+
+    Temporary files end in ``.tmp``, or with ``keep_extension`` in ``.tmp`` plus the target's extension (for
+    writers that choose the format by the name); all are flushed to disk (fsync) before the first rename. On
+    any error the temporary files are removed and the targets stay as they were; an ``OSError`` becomes a
+    :class:`StorageError` sentence.
+    ``make_folders=False`` refuses a missing folder instead of creating it (a user's export target).
+    """
+    targets = [Path(t) for t in targets]
+    for t in targets:
+        blocker = next((p for p in (t.parent, *t.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StorageError(f"Cannot write {t}: {blocker} is a file, not a folder; choose another folder.")
+        if not make_folders and not t.parent.is_dir():
+            raise StorageError(f"Cannot write {t}: the folder {t.parent} does not exist; create it first.")
+    temps: list[Path] = []
+    current = targets[0]
+    try:
+        for t in targets:
+            current = t
+            t.parent.mkdir(parents=True, exist_ok=True)
+            ext = (".nii.gz" if t.name.lower().endswith(".nii.gz") else t.suffix) if keep_extension else ""
+            # the writer's PID in the name lets a later write remove what a killed writer left behind
+            fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.{os.getpid()}.", suffix=f".tmp{ext}", dir=t.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield temps
+        for tmp, t in zip(temps, targets):
+            current = t
+            _fsync_file(tmp)
+        for tmp, t in zip(temps, targets):
+            current = t
+            os.replace(tmp, t)
+        for folder in dict.fromkeys(t.parent for t in targets):
+            _fsync_dir(folder)
+        for t in targets:
+            _remove_orphans(t)
+    except OSError as exc:
+        raise storage_error(current, exc) from exc
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the writer's PID in the name lets a later write remove what a killed writer left behind
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder. Choose another folder.") from exc
-        raise StorageError(f"Cannot write to {path.parent} ({exc.strerror}). Choose a folder you can write to.") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        _remove_orphans(path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            full = "is full" if exc.errno == errno.ENOSPC else "is over your quota"
-            raise StorageError(f"The disk holding {path.parent} {full}. Free some space or choose another "
-                               "folder.") from exc
-        raise StorageError(f"Could not write {path} ({exc.strerror}). Choose a folder you can write to.") from exc
+    with atomic_paths([path]) as (tmp,):
+        tmp.write_bytes(data)
 
 
 def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.") -> None:
@@ -93,7 +140,7 @@ def _remove_orphans(path: Path) -> None:
     """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut)."""
     if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it signals it)
         return
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         pid = tmp.name[len(path.name) + 2:].partition(".")[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue  # an older naming, or this process's own write in flight
@@ -105,6 +152,11 @@ def _remove_orphans(path: Path) -> None:
         except OSError:
             continue  # alive, owned by another user
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -195,12 +247,12 @@ def load_weights_only(source: Any, name: str, map_location: str | torch.device =
         found = _GLOBAL_RE.search(str(exc))
         if found:
             raise CheckpointError(
-                f"{name} was refused: it asks to run {found.group(1)} when loaded, so it is not a plain weights "
-                "file. Only load checkpoints from people you trust, re-saved as a state_dict."
+                f"{name} refused: not a plain weights file, it asks to run {found.group(1)} when loaded. Only load "
+                "checkpoints from people you trust, re-saved as a state_dict."
             ) from None
         raise CheckpointError(
-            f"{name} was refused: it is corrupt, or a pickle of Python objects rather than plain weights (which "
-            "could run code when loaded). Use a checkpoint saved by napari-samatch, or copy the file again."
+            f"{name} refused: it is corrupt, or a pickle of Python objects rather than plain weights (which could "
+            "run code when loaded). Copy the file again, or re-save it as a state_dict."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

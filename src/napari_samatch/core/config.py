@@ -88,7 +88,7 @@ class RunConfig:
     iou_confidence: bool = False
     cache_budget_mb: float = 2048.0
     # training slices resized to size x size: stacked on the device up to this, read on demand beyond it
-    # (core/store.py; a lazy SliceSet always reads on demand and caches up to this)
+    # (core/data/store.py; a lazy SliceSet always reads on demand and caches up to this)
     data_budget_mb: float = 2048.0
     device: str = "auto"
     amp: bool = True

@@ -6,19 +6,19 @@ fully labeled volumes (for model selection during the run).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import DataError
-from .io import read_image_folder, read_label, read_ssl4mis_volumes, read_volume
+from .io import read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes, read_volume
 from .lazy import nifti_slices, ssl4mis_footprint_mb, ssl4mis_volume_slices
+from .lazy import ssl4mis_slices as lazy_ssl4mis_slices
 from .sample import make_cardiac_phantom, sample_labeled_slices
-from .slices import SliceSet, normalise_slice
+from .slices import ACDC_CLASS_NAMES, SliceSet, normalise_slice
 from .volume import Volume
-
-ACDC_CLASSES = ["background", "RV", "Myo", "LV"]
 
 
 def slices_from_volumes(volumes: Sequence[Volume], num_classes: int, class_names: Sequence[str],
@@ -40,12 +40,32 @@ def slices_from_volumes(volumes: Sequence[Volume], num_classes: int, class_names
                     num_classes=num_classes, class_names=list(class_names))
 
 
+def ssl4mis_slices(root: str | os.PathLike, labeled_count: int = 68, list_file: str = "train_slices.list",
+                   limit: int | None = None, lazy: bool = False) -> SliceSet:
+    """ACDC in the SSL4MIS layout: the first ``labeled_count`` listed slices are labeled, the rest
+    unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests).
+    ``lazy`` reads no pixels now: every slice is read from its file when used (``core.data.lazy``)."""
+    if lazy:
+        return lazy_ssl4mis_slices(root, labeled_count, list_file, limit=limit)
+    vols = read_ssl4mis_slices(root, list_file, limit=limit)
+    if not 0 < labeled_count <= len(vols):
+        raise DataError(f"labeled_count must be between 1 and {len(vols)} (the listed slices), "
+                        f"got {labeled_count}.")
+    labels = [v.labels if i < labeled_count else None for i, v in enumerate(vols)]
+    hidden = [None if i < labeled_count else v.labels for i, v in enumerate(vols)]
+    return SliceSet(
+        images=[normalise_slice(v.image) for v in vols], labels=labels, hidden=hidden,
+        ids=[v.name for v in vols], groups=[v.metadata["group"] for v in vols],
+        positions=[v.metadata["position"] for v in vols], num_classes=4, class_names=list(ACDC_CLASS_NAMES),
+    ).validate()
+
+
 def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.list",
             limit: int | None = None, lazy: bool | None = False,
             budget_mb: float = 2048.0) -> tuple[SliceSet, SliceSet | None]:
     """ACDC-style data: the first ``labeled`` training slices labeled, the rest unlabeled (hidden labels).
 
-    ``lazy=True`` reads slices from their files when used (``core.lazy``), training and validation alike;
+    ``lazy=True`` reads slices from their files when used (``core.data.lazy``), training and validation alike;
     ``lazy=None`` decides: lazy when the listed slices would take more than ``budget_mb`` in memory.
     """
     root = Path(root)
@@ -53,7 +73,7 @@ def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.lis
         raise DataError(f"{root} has no train_slices.list. Point to an SSL4MIS-layout folder such as .../ACDC.")
     if lazy is None:
         lazy = ssl4mis_footprint_mb(root, limit=limit) > budget_mb
-    train = SliceSet.from_ssl4mis(root, labeled_count=labeled, limit=limit, lazy=lazy)
+    train = ssl4mis_slices(root, labeled_count=labeled, limit=limit, lazy=lazy)
     val = None
     if val_list and (root / val_list).is_file():
         if lazy:
@@ -81,7 +101,7 @@ def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int =
 def nifti_cohort(images: Sequence[str | Path], labels: Sequence[str | Path | None] | None = None,
                  labeled_volumes: Sequence[int] | None = None, axis: int = 0,
                  class_names: Sequence[str] | None = None) -> SliceSet:
-    """Many NIfTI volumes, read one slice at a time (``core.lazy.nifti_slices``): the painted slices of
+    """Many NIfTI volumes, read one slice at a time (``core.data.lazy.nifti_slices``): the painted slices of
     the labeled volumes are labeled, everything else unlabeled. Use ``.nii`` rather than ``.nii.gz``."""
     return nifti_slices(images, labels, labeled_volumes=labeled_volumes, axis=axis,
                         num_classes=len(class_names) if class_names else None, class_names=class_names)
@@ -112,7 +132,7 @@ def phantom(seed: int = 0, shape: tuple[int, int, int] = (12, 160, 160)) -> tupl
     """The bundled synthetic cardiac volume with three 'hand-labeled' slices; the rest keep hidden labels."""
     vol = make_cardiac_phantom(shape=shape, seed=seed)
     picked = list(sample_labeled_slices(vol))
-    names = vol.metadata.get("class_names", ACDC_CLASSES)
+    names = vol.metadata.get("class_names", ACDC_CLASS_NAMES)
     images, labels, hidden = [], [], []
     for z in range(vol.image.shape[0]):
         images.append(normalise_slice(vol.image[z]))

@@ -56,7 +56,7 @@ def natural_key(text: str) -> list:
 
 # ----------------------------------------------------------------------------------------- reading
 @contextmanager
-def _reading(path: Path, what: str) -> Iterator[None]:
+def reading(path: Path, what: str) -> Iterator[None]:
     """Turn any library failure while reading ``path`` into a DataError that names the file."""
     try:
         yield
@@ -88,7 +88,7 @@ def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read an image file into a validated ``Volume`` (labels only from SSL4MIS ``.h5`` files)."""
     path, kind = _check_file(path)
-    with _reading(path, _KIND_NAMES[kind]):
+    with reading(path, _KIND_NAMES[kind]):
         image, labels, spacing, affine, meta = _READERS[kind](path, False)
     vol = Volume(image, labels, spacing, affine, name=_stem(path), source=str(path), metadata=meta)
     return vol.validate()
@@ -114,7 +114,7 @@ def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarra
             labels = labels[0]
     else:
         p, kind = _check_file(p)
-        with _reading(p, f"a mask ({_KIND_NAMES[kind]})"):
+        with reading(p, f"a mask ({_KIND_NAMES[kind]})"):
             arr, h5_labels, *_ = _READERS[kind](p, True)
         if kind == "h5":
             if h5_labels is None:
@@ -242,7 +242,7 @@ _READERS = {"nifti": _read_nifti, "tiff": _read_tiff, "h5": _read_h5, "image2d":
 def _read_binary_mask(path: Path) -> np.ndarray:
     """BUSI-style mask: a value > 0 in any colour channel (alpha ignored) is foreground."""
     path, kind = _check_file(path)
-    with _reading(path, "a mask image"):
+    with reading(path, "a mask image"):
         if kind == "image2d":
             raw = _read_image2d(path, True, any_colour=True)[0]
         else:
@@ -302,7 +302,8 @@ def read_image_folder(folder: str | os.PathLike) -> list[Volume]:
     return out
 
 
-def _read_list(root: Path, list_file: str) -> list[str]:
+def read_list(root: Path, list_file: str) -> list[str]:
+    """The slice or volume ids listed in an SSL4MIS list file (one a line), or a DataError that says what to fix."""
     if not root.is_dir():
         raise DataError(f"'{root}' is not a folder; point to the SSL4MIS dataset root (with data/ and *.list).")
     lf = Path(list_file) if Path(list_file).is_absolute() else root / list_file
@@ -321,7 +322,7 @@ def _h5_pair(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
 
     if not path.is_file():
         raise DataError(f"'{path}' listed in the SSL4MIS list file does not exist.")
-    with _reading(path, "SSL4MIS HDF5"), h5py.File(str(path), "r") as f:
+    with reading(path, "SSL4MIS HDF5"), h5py.File(str(path), "r") as f:
         image = f["image"][()].astype(np.float32, copy=False)
         labels = f["label"][()] if "label" in f else None
     if labels is not None and labels.dtype != np.uint8:
@@ -336,7 +337,7 @@ def read_ssl4mis_slices(root: str | os.PathLike, list_file: str = "train_slices.
     ``metadata`` holds ``group`` (volume id, e.g. ``patient001_frame01``) and ``position`` (slice number).
     """
     root = Path(root)
-    ids = _read_list(root, list_file)[:limit]
+    ids = read_list(root, list_file)[:limit]
     out = []
     for sid in ids:
         p = root / "data" / "slices" / f"{sid}.h5"
@@ -351,12 +352,9 @@ def read_ssl4mis_volumes(root: str | os.PathLike, list_file: str = "val.list") -
     """3D volumes listed in ``root/list_file`` (ids -> ``root/data/<id>.h5``), in list order."""
     root = Path(root)
     out = []
-    for vid in _read_list(root, list_file):
+    for vid in read_list(root, list_file):
         p = root / "data" / f"{vid}.h5"
         image, labels = _h5_pair(p)
         out.append(Volume(image, labels, None, None, name=vid, source=str(p), metadata={"group": vid}))
     return out
 
-
-# Writing lives in writers.py; re-exported so `io.write_mask` keeps working.
-from .writers import write_mask  # noqa: E402,F401

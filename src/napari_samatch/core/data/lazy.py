@@ -21,9 +21,8 @@ zarr is not supported (the package is not a dependency; the two readers above co
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import os
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .io import _reading, _read_list, file_kind
+from .io import file_kind, read_list, reading
 from .slices import ACDC_CLASS_NAMES, SliceSet, default_class_names, normalise_slice
 from .volume import coerce_labels, to_single_channel
 
@@ -91,12 +90,12 @@ def read_raw(ref: SliceRef) -> np.ndarray | None:
     if ref.kind == "h5":
         import h5py
 
-        with _reading(path, "SSL4MIS HDF5"), h5py.File(ref.path, "r") as f:
+        with reading(path, "SSL4MIS HDF5"), h5py.File(ref.path, "r") as f:
             if ref.dataset not in f:
                 return None
             d = f[ref.dataset]
             return d[()] if ref.index is None else d[_take_axis(d.ndim, ref.axis, ref.index)]
-    with _reading(path, "NIfTI"):
+    with reading(path, "NIfTI"):
         img = _nifti_image(ref.path)
         shape = _nifti_shape(img)
         if ref.index is None:
@@ -111,10 +110,10 @@ def slice_shape(ref: SliceRef) -> tuple[int, int]:
     if ref.kind == "h5":
         import h5py
 
-        with _reading(Path(ref.path), "SSL4MIS HDF5"), h5py.File(ref.path, "r") as f:
+        with reading(Path(ref.path), "SSL4MIS HDF5"), h5py.File(ref.path, "r") as f:
             shape = tuple(f[ref.dataset].shape)
     else:
-        with _reading(Path(ref.path), "NIfTI"):
+        with reading(Path(ref.path), "NIfTI"):
             shape = _nifti_shape(_nifti_image(ref.path))[::-1]  # array order
     if ref.index is not None:
         shape = shape[:ref.axis] + shape[ref.axis + 1:]
@@ -217,7 +216,7 @@ def _ssl4mis_group(sid: str) -> tuple[str, int]:
 
 def ssl4mis_slices(root: str | os.PathLike, labeled_count: int = 68, list_file: str = "train_slices.list",
                    limit: int | None = None) -> SliceSet:
-    """The lazy twin of ``SliceSet.from_ssl4mis``: same slices, ids, split and values, read on access.
+    """The lazy twin of ``datasets.ssl4mis_slices``: same slices, ids, split and values, read on access.
 
     Only the first ``labeled_count`` files are opened here (to check they hold a 'label', as the eager
     reader does); the rest are only checked to exist.
@@ -225,7 +224,7 @@ def ssl4mis_slices(root: str | os.PathLike, labeled_count: int = 68, list_file: 
     import h5py
 
     root = Path(root)
-    ids = _read_list(root, list_file)[:limit]
+    ids = read_list(root, list_file)[:limit]
     if not 0 < labeled_count <= len(ids):
         raise DataError(f"labeled_count must be between 1 and {len(ids)} (the listed slices), got {labeled_count}.")
     paths = [root / "data" / "slices" / f"{sid}.h5" for sid in ids]
@@ -237,7 +236,7 @@ def ssl4mis_slices(root: str | os.PathLike, labeled_count: int = 68, list_file: 
     hidden: list[SliceRef | None] = [None] * len(ids)
     shapes: dict[SliceRef, tuple[int, int]] = {}
     for i, p in enumerate(paths[:labeled_count]):
-        with _reading(p, "SSL4MIS HDF5"), h5py.File(str(p), "r") as f:
+        with reading(p, "SSL4MIS HDF5"), h5py.File(str(p), "r") as f:
             shapes[refs[i]] = tuple(f["image"].shape)  # type: ignore[assignment]
             has_label = "label" in f
         labels[i] = SliceRef(str(p), "h5", "label") if has_label else None
@@ -260,11 +259,11 @@ def ssl4mis_volume_slices(root: str | os.PathLike, list_file: str = "val.list", 
     labels: list[SliceRef | None] = []
     ids, groups, positions = [], [], []
     shapes: dict[SliceRef, tuple[int, int]] = {}
-    for vid in _read_list(root, list_file):
+    for vid in read_list(root, list_file):
         p = root / "data" / f"{vid}.h5"
         if not p.is_file():
             raise DataError(f"'{p}' listed in the SSL4MIS list file does not exist.")
-        with _reading(p, "SSL4MIS HDF5"), h5py.File(str(p), "r") as f:
+        with reading(p, "SSL4MIS HDF5"), h5py.File(str(p), "r") as f:
             shape = tuple(f["image"].shape)
             has_label = "label" in f
         if len(shape) == 2:  # a 2D "volume": one slice
@@ -306,7 +305,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
         ip = Path(ip)
         if file_kind(ip) != "nifti" or not ip.is_file():
             raise DataError(f"'{ip}' is not an existing NIfTI file (.nii or .nii.gz).")
-        with _reading(ip, "NIfTI"):
+        with reading(ip, "NIfTI"):
             shape = _nifti_shape(_nifti_image(str(ip)))[::-1]  # array order
         if len(shape) != 3:
             raise DataError(f"'{ip.name}' has shape {shape}; a 3D volume is expected.")
@@ -320,7 +319,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
             lp = Path(lp)
             if file_kind(lp) != "nifti" or not lp.is_file():
                 raise DataError(f"'{lp}' is not an existing NIfTI file (.nii or .nii.gz).")
-            with _reading(lp, "NIfTI"):
+            with reading(lp, "NIfTI"):
                 lshape = _nifti_shape(_nifti_image(str(lp)))[::-1]
             if lshape != shape:
                 raise DataError(f"The labels '{lp.name}' have shape {lshape} but the image '{ip.name}' {shape}; "
@@ -351,8 +350,8 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
 
 def ssl4mis_footprint_mb(root: str | os.PathLike, list_file: str = "train_slices.list",
                          limit: int | None = None) -> float:
-    """Estimated memory (MB) of an eager ``from_ssl4mis``: listed slices x the first slice's float32 size."""
+    """Estimated memory (MB) of an eager ``datasets.ssl4mis_slices``: listed slices x the first slice's float32 size."""
     root = Path(root)
-    ids = _read_list(root, list_file)[:limit]
+    ids = read_list(root, list_file)[:limit]
     h, w = slice_shape(SliceRef(str(root / "data" / "slices" / f"{ids[0]}.h5"), "h5"))
     return len(ids) * h * w * 4 / 2**20

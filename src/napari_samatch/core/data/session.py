@@ -255,15 +255,9 @@ def _load_npy(path: Path) -> np.ndarray:
         raise DataError(f"{path.name} in the session could not be read ({exc}). Restore it from a backup.") from exc
 
 
-def copy_session(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy a session folder (e.g. an autosave) to a place the user chose; returns the new ``session.json``."""
-    state = load_session(src)
-    return save_session(dst, state, checkpoint=state.checkpoint)
-
-
 def has_session(folder: str | os.PathLike) -> bool:
     return (Path(folder) / SESSION_FILE).is_file()
 
 
 __all__ = ["SessionState", "save_session", "load_session", "default_session_dir", "samatch_home", "inside",
-           "copy_session", "has_session", "safe_name"]
+           "has_session", "safe_name"]

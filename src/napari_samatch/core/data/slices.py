@@ -4,14 +4,13 @@ Images are per-slice min-max normalised to [0, 1] at their original size; ``to_t
 them to the square training frame. ``hidden`` holds ground truth that training never sees (benchmarks
 use it to measure pseudo-label quality).
 
-The three per-slice sequences are usually lists, but may be lazy (``core.lazy``: read from disk on
+The three per-slice sequences are usually lists, but may be lazy (``core.data.lazy``: read from disk on
 access, for cohorts larger than memory). Methods here never read every slice of a lazy sequence:
 which slices have a label comes from ``present()``, shapes from ``shape_of(i)``.
 """
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -41,8 +40,8 @@ def default_class_names(num_classes: int) -> list[str]:
 class SliceSet:
     """Parallel per-slice lists; see the module docstring. Build with the ``from_*`` constructors."""
 
-    images: Sequence[np.ndarray]          # a list, or core.lazy.LazySlices
-    labels: Sequence[np.ndarray | None]   # a list, or core.lazy.LazyLabels
+    images: Sequence[np.ndarray]          # a list, or core.data.lazy.LazySlices
+    labels: Sequence[np.ndarray | None]   # a list, or core.data.lazy.LazyLabels
     hidden: Sequence[np.ndarray | None]
     ids: list[str]
     groups: list[str]
@@ -63,7 +62,7 @@ class SliceSet:
 
     @property
     def is_lazy(self) -> bool:
-        """True when the images are read from disk on access (``core.lazy``)."""
+        """True when the images are read from disk on access (``core.data.lazy``)."""
         return bool(getattr(self.images, "lazy", False))
 
     def labeled_indices(self) -> list[int]:
@@ -210,30 +209,6 @@ class SliceSet:
         num_classes = num_classes or max(len(names), top + 1, 2)
         names = names or default_class_names(num_classes)
         return cls(images, labels, hidden, ids, groups, positions, num_classes, names).validate()
-
-    @classmethod
-    def from_ssl4mis(cls, root: str | os.PathLike, labeled_count: int = 68, list_file: str = "train_slices.list",
-                     limit: int | None = None, lazy: bool = False) -> SliceSet:
-        """ACDC in the SSL4MIS layout: the first ``labeled_count`` listed slices are labeled, the rest
-        unlabeled with their labels moved to ``hidden``. ``limit`` reads only the first lines (tests).
-        ``lazy`` reads no pixels now: every slice is read from its file when used (``core.lazy``)."""
-        from .io import read_ssl4mis_slices
-
-        if lazy:
-            from .lazy import ssl4mis_slices
-
-            return ssl4mis_slices(root, labeled_count, list_file, limit=limit)
-        vols = read_ssl4mis_slices(root, list_file, limit=limit)
-        if not 0 < labeled_count <= len(vols):
-            raise DataError(f"labeled_count must be between 1 and {len(vols)} (the listed slices), "
-                            f"got {labeled_count}.")
-        labels = [v.labels if i < labeled_count else None for i, v in enumerate(vols)]
-        hidden = [None if i < labeled_count else v.labels for i, v in enumerate(vols)]
-        return cls(
-            images=[normalise_slice(v.image) for v in vols], labels=labels, hidden=hidden,
-            ids=[v.name for v in vols], groups=[v.metadata["group"] for v in vols],
-            positions=[v.metadata["position"] for v in vols], num_classes=4, class_names=list(ACDC_CLASS_NAMES),
-        ).validate()
 
 
 def _present(seq: Sequence[Any]) -> list[bool]:

@@ -1,7 +1,7 @@
 """The engine's training slices, resized to ``size x size``: one stacked tensor, or a bounded store.
 
 Small data (the plugin's volume, ACDC) is resized once and stacked on the device, as always. When the
-stacked tensors would exceed ``data_budget_mb``, or the SliceSet is lazy (``core.lazy``), the engine
+stacked tensors would exceed ``data_budget_mb``, or the SliceSet is lazy (``core.data.lazy``), the engine
 gets a :class:`SliceStore` instead, which the step, preview, predict and refiner index exactly like
 the tensor (``store[ix]`` with a LongTensor or a list -> a tensor on the device). It reads and
 resizes the requested slices on demand and keeps the most recently used ones (on the CPU) up to its

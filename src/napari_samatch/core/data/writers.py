@@ -2,63 +2,22 @@
 
 Writes are atomic: temporary files in the target folder are renamed over the targets only once all
 of them are written, so a failure (missing folder, no permission, full disk) leaves nothing half-written
-and raises ``StorageError`` with a sentence. The NIfTI axis convention is described in ``io.py``.
+and raises ``StorageError`` with a sentence (``checkpoint.atomic_paths``, the package's one atomic writer).
+The NIfTI axis convention is described in ``io.py``.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from ..checkpoint import atomic_paths, storage_error
 from ..errors import DataError, StorageError
 from .io import array_to_nifti_affine, file_kind
 from .volume import Volume, coerce_labels
-
-def _storage_error(path: Path, exc: OSError) -> StorageError:
-    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"No permission to write '{path}'; choose another folder or change its permissions.")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageError(f"The disk is full while writing '{path}'; free some space or choose another disk.")
-    if isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT:
-        return StorageError(f"Cannot write '{path}': the folder '{path.parent}' does not exist; create it first.")
-    return StorageError(f"Could not write '{path}': {exc.strerror or exc}.")
-
-
-@contextmanager
-def _atomic(targets: list[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths (same folder, same extension) that replace ``targets`` only on success."""
-    for t in targets:
-        blocker = next((p for p in (t.parent, *t.parent.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise StorageError(f"Cannot write '{t}': '{blocker}' is a file, not a folder; choose another folder.")
-        if not t.parent.is_dir():
-            raise StorageError(f"Cannot write '{t}': the folder '{t.parent}' does not exist; create it first.")
-    temps: list[Path] = []
-    current = targets[0]
-    try:
-        for t in targets:
-            current = t
-            ext = ".nii.gz" if t.name.lower().endswith(".nii.gz") else t.suffix
-            fd, tmp = tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=f".tmp{ext}")
-            os.close(fd)
-            temps.append(Path(tmp))
-        yield temps
-        for tmp, t in zip(temps, targets):
-            current = t
-            os.replace(tmp, t)
-    except OSError as exc:
-        raise _storage_error(current, exc) from exc
-    finally:
-        for tmp in temps:
-            if tmp.exists():
-                tmp.unlink()
 
 
 def _mask_array(mask: np.ndarray) -> np.ndarray:
@@ -110,7 +69,7 @@ def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing) -> l
     q, s = (like.metadata.get("nifti_codes") if like is not None else None) or (0, 0)
     img.set_qform(affine, code=int(q))
     img.set_sform(affine, code=int(s) if (q or s) else 2)
-    with _atomic([path]) as (tmp,):
+    with atomic_paths([path], make_folders=False, keep_extension=True) as (tmp,):
         nib.save(img, str(tmp))
     return [path]
 
@@ -122,7 +81,7 @@ def _write_tiff(path: Path, arr: np.ndarray, spacing) -> list[Path]:
     if spacing:  # ImageJ-style so Fiji/napari/our reader see the pixel size
         meta = {"axes": "ZYX", "spacing": float(spacing[0])} if arr.ndim == 3 else {"axes": "YX"}
         kwargs = {"imagej": True, "resolution": (1.0 / spacing[-1], 1.0 / spacing[-2]), "metadata": meta}
-    with _atomic([path]) as (tmp,):
+    with atomic_paths([path], make_folders=False, keep_extension=True) as (tmp,):
         tifffile.imwrite(str(tmp), arr, **kwargs)
     return [path]
 
@@ -135,11 +94,11 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
         if not path.exists():
             blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
             if blocker is not None:
-                raise StorageError(f"Cannot write '{path}': '{blocker}' is a file, not a folder; choose another folder.")
+                raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder; choose another folder.")
             try:
                 path.mkdir()
             except OSError as exc:
-                raise _storage_error(path, exc) from exc
+                raise storage_error(path, exc) from exc
         stem = re.sub(r"[^\w\-. ()]+", "_", like.name) if like is not None else "mask"
         targets = [path / f"{stem}_{i:04d}.png" for i in range(len(slices))]
     elif "{" in path.name:
@@ -152,7 +111,7 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
         targets = [path]
     else:
         targets = [path.parent / f"{path.stem}_{i:04d}.png" for i in range(len(slices))]
-    with _atomic(targets) as temps:
+    with atomic_paths(targets, make_folders=False, keep_extension=True) as temps:
         for tmp, sl in zip(temps, slices):
             img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
             img.save(str(tmp), format="PNG")

@@ -28,21 +28,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from . import distributed
-from . import events as ev
-from . import faults, persistence
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
+from ..data.slices import SliceSet
+from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator
 from ..errors import DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
-from ..sam.refiner import Refiner
-from .schedule import PolySchedule
-from ..data.slices import SliceSet
-from .steps import samatch_pseudo, supervised_step, unimatch_step
-from ..data.store import training_slices
 from ..prior.prior import fuse_prior, slice_prior
+from ..sam.refiner import Refiner
+from . import distributed, faults, persistence
+from . import events as ev
+from .schedule import PolySchedule
+from .steps import samatch_pseudo, supervised_step, unimatch_step
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class Engine:
         self.stage_iter = 0
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": -1.0, "iteration": 0}
-        self._best_state: dict[str, torch.Tensor] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None  # validation-best Match weights
         self._pause = threading.Event()
         self._stop = threading.Event()
         self.lock = threading.RLock()  # guards the models against the GUI's refine calls
@@ -147,6 +146,11 @@ class Engine:
         return self._sam
 
     @property
+    def loaded_sam(self):
+        """SAM when it was loaded (or given), else None; unlike :attr:`sam` this never loads it."""
+        return self._sam
+
+    @property
     def refiner(self) -> Refiner:
         if self._refiner is None:
             self.sam.to(self.device)
@@ -173,14 +177,16 @@ class Engine:
                 f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {', '.join(kept)} "
                                                      f"(below {c.sam_trust_dice:g})" if kept else ""))
 
-    def _sam_optimizer(self) -> torch.optim.Optimizer:
+    def sam_optimizer(self) -> torch.optim.Optimizer:
+        """SAM's optimiser, made on first use (a run without SAM never builds one)."""
         if self.opt_sam is None:
             params = [p for p in self.sam.trainable_parameters(self.config.sam_mode) if p.requires_grad]
             self.opt_sam = torch.optim.AdamW(params, lr=self.config.sam_lr, weight_decay=1e-4)
             distributed.broadcast_tensors(params)  # every rank starts SAM from rank 0's weights
         return self.opt_sam
 
-    def _uses_sam(self) -> bool:
+    def uses_sam(self) -> bool:
+        """True when this run's settings train or use SAM."""
         return self.config.sam_iters > 0 or (self.config.method == "samatch" and self.config.joint_iters > 0)
 
     # ----------------------------------------------------------------- control
@@ -278,7 +284,7 @@ class Engine:
         c = self.config
         sched_unet = PolySchedule(self.opt_unet, total=n, power=c.poly_power) if name != "sam" else None
         if name == "sam" or (name == "joint" and c.method == "samatch"):
-            opt_sam = self._sam_optimizer()
+            opt_sam = self.sam_optimizer()
             sched_sam = PolySchedule(opt_sam, total=n, power=c.poly_power)
         else:
             sched_sam = None
@@ -382,12 +388,12 @@ class Engine:
         score = metrics.get("val_mean_dice")
         if score is not None and score > self.best["score"]:
             self.best = {"score": float(score), "iteration": metrics["global_iteration"], "stage": metrics["stage"]}
-            self._best_state = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in self.unet.state_dict().items()}
 
     def use_best(self) -> None:
         """Load the validation-best Match weights (model selection on validation only)."""
-        if self._best_state is not None:
-            self.unet.load_state_dict(self._best_state)
+        if self.best_state is not None:
+            self.unet.load_state_dict(self.best_state)
 
     def summary(self, time_s: float = 0.0, stopped: bool = False) -> dict:
         return {"stopped": stopped, "train_time_s": time_s, "stage_index": self.stage_index,
@@ -432,7 +438,7 @@ class Engine:
         probs = self.completed_probs(indices)
         out: dict[str, Any] = {"indices": indices, "raw": self.predict(indices).argmax(1).cpu().numpy().astype(np.uint8)}
         labels, conf = probs.argmax(1), probs.max(1).values
-        if self._uses_sam():
+        if self.uses_sam():
             if self.refiner.trusted is None:
                 self.calibrate_sam()
             with self.lock, torch.no_grad():
@@ -455,7 +461,7 @@ class Engine:
 
     # ----------------------------------------------------------------- persistence
     def state_payload(self) -> dict[str, Any]:
-        """Everything a resume needs (models, optimisers, position, random streams); see core/persistence.py."""
+        """Everything a resume needs (models, optimisers, position, random streams); see core/engine/persistence.py."""
         return persistence.state_payload(self)
 
     def save(self, path: str | Path) -> Path:

@@ -19,12 +19,11 @@ from ..match.unet import UNet
 
 def export_model(engine, path: str | Path, best: bool = True) -> Path:
     """Write the engine's Match model (best-on-validation when known) and SAM weights to ``path``."""
-    unet_state = engine._best_state if (best and engine._best_state is not None) else engine.unet.state_dict()
+    unet_state = engine.best_state if (best and engine.best_state is not None) else engine.unet.state_dict()
     payload: dict[str, Any] = {"kind": "model", "config": engine.config.to_dict(), "unet": unet_state,
                                "best": engine.best, "history": engine.history}
-    if engine._sam is not None:
-        payload["sam"] = engine._sam.state_dict()
-        payload["sam_fingerprint"] = engine._sam.fingerprint()
+    if engine.loaded_sam is not None:
+        payload["sam"] = engine.loaded_sam.state_dict()
     save_checkpoint(path, payload)
     return Path(path)
 

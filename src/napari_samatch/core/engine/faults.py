@@ -6,24 +6,35 @@ user's last good checkpoint damaged. The engine calls these from its run loop an
 
 from __future__ import annotations
 
-import errno
 import gc
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 
-from . import distributed
-from . import events as ev
+from ..checkpoint import disk_full
 from ..config import RunConfig
 from ..device import select_device
 from ..errors import ConfigError, ResourceError, StorageError
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from . import distributed
+from . import events as ev
 
 log = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """What these functions use of the engine (the engine imports this module, not the reverse)."""
+
+    config: RunConfig
+    device: torch.device
+    opt_unet: torch.optim.Optimizer
+    opt_sam: torch.optim.Optimizer | None
+
+    def save(self, path: str | Path) -> Path: ...
+
+    def uses_sam(self) -> bool: ...
+
 
 # What PyTorch's allocators say when they give up: CUDA ("CUDA out of memory", torch.OutOfMemoryError),
 # the CPU ("DefaultCPUAllocator: can't allocate memory"), MPS ("MPS backend out of memory").
@@ -48,7 +59,7 @@ def free_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
-def out_of_memory(engine: "Engine", stage: str, ckpt_dir: Path | None) -> tuple[ResourceError, Path | None]:
+def out_of_memory(engine: Trainer, stage: str, ckpt_dir: Path | None) -> tuple[ResourceError, Path | None]:
     """Free what the failed step left, save the state of before it, and say what to change.
 
     Called after the step's exception is gone (its traceback held the step's tensors). The optimisers
@@ -70,7 +81,7 @@ def out_of_memory(engine: "Engine", stage: str, ckpt_dir: Path | None) -> tuple[
             unsaved = f" (this checkpoint was not saved {_why_and_fix(exc, Path(ckpt_dir) / 'last.pt')[0]})"
     c, dev = engine.config, engine.device.type
     fix = "lower batch_labeled/batch_unlabeled or size"
-    if stage in ("sam", "joint") and engine._uses_sam() and c.sam_mode == "full":
+    if stage in ("sam", "joint") and engine.uses_sam() and c.sam_mode == "full":
         fix += ", use sam_mode decoder"
     fix += ", or use device cpu" if dev != "cpu" else ", or close other programs"
     way_on = (f"the checkpoint {path} resumes the run from there with the new settings" if path else
@@ -87,12 +98,12 @@ def _why_and_fix(exc: StorageError, path: Path) -> tuple[str, str]:
     cause = exc.__cause__
     if not isinstance(cause, OSError) or not cause.strerror:
         return f"({exc})", "choose another checkpoint folder"
-    full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    full = disk_full(cause)
     return (f"in {path.parent} ({cause.strerror})",
             "free space or choose another checkpoint folder" if full else "choose a checkpoint folder you can write to")
 
 
-def periodic_save(engine: "Engine", path: Path, iteration: int, emit: Callable[..., None]) -> None:
+def periodic_save(engine: Trainer, path: Path, iteration: int, emit: Callable[..., None]) -> None:
     """A checkpoint during the run. A full disk must not end an hour of training, so a failed write is a
     warning (a LOG event with ``level: warning``, printed by the CLI, shown in the Train dock's log):
     the atomic writer kept the previous checkpoint, training goes on, and the next save (at the latest
@@ -107,7 +118,7 @@ def periodic_save(engine: "Engine", path: Path, iteration: int, emit: Callable[.
     emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
 
 
-def final_save(engine: "Engine", path: Path, stopped: bool) -> Path:
+def final_save(engine: Trainer, path: Path, stopped: bool) -> Path:
     """The checkpoint at the end of a run or at Stop: nothing comes after it, so a failure is an error."""
     try:
         return engine.save(path)

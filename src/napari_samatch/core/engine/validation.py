@@ -9,43 +9,33 @@ ACDC in the SSL4MIS layout; a user's own volume has none).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 
-from ..device import autocast
-from ..match.inference import predict_volume
+from ..config import RunConfig
 from ..data.slices import SliceSet
-
-if TYPE_CHECKING:
-    from .engine import Engine
-
-
-def dice_by_class(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """Dice for classes 1..C-1 of one volume; NaN where the class is absent from both (not counted)."""
-    pred = pred.astype(np.int64).ravel()
-    gt = gt.astype(np.int64).ravel()
-    conf = np.bincount(gt * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-    inter = np.diag(conf)[1:].astype(np.float64)
-    size = conf.sum(0)[1:] + conf.sum(1)[1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(size > 0, 2 * inter / size, np.nan)
+from ..device import autocast
+from ..evaluation.metrics import foreground_dice
+from ..match.inference import predict_volume
 
 
-def torch_dice(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Dice per foreground class over a whole batch of slices, ignoring gt == -1."""
-    valid = gt >= 0
-    out = []
-    for c in range(1, num_classes):
-        p, g = (pred == c) & valid, (gt == c) & valid
-        denom = p.sum() + g.sum()
-        out.append(float(2 * (p & g).sum() / denom) if denom > 0 else float("nan"))
-    return np.array(out)
+class Validated(Protocol):
+    """What validation uses of the engine (the engine imports this module, not the reverse)."""
+
+    data: SliceSet
+    config: RunConfig
+    device: torch.device
+    unet: torch.nn.Module
+    lock: AbstractContextManager[Any]
+
+    def preview(self, indices: Sequence[int]) -> dict[str, Any]: ...
 
 
 class Validator:
-    def __init__(self, engine: "Engine", val: SliceSet, pseudo_sample: int = 32) -> None:
+    def __init__(self, engine: Validated, val: SliceSet, pseudo_sample: int = 32) -> None:
         self.engine = engine
         self.val = val
         groups: dict[str, list[int]] = defaultdict(list)
@@ -77,17 +67,18 @@ class Validator:
                         preds.append(predict_volume(e.unet, self.val.images[i], e.config.size, e.device).ravel())
                         gts.append((self.val.labels[i] if self.val.labels[i] is not None else self.val.hidden[i]).ravel())
                     pred, gt = np.concatenate(preds), np.concatenate(gts)
-                per_volume.append(dice_by_class(pred, gt, e.config.num_classes))
+                per_volume.append(foreground_dice(pred, gt, e.config.num_classes))
         per_class = np.nanmean(np.stack(per_volume), axis=0) if per_volume else np.full(len(names), np.nan)
         out: dict[str, Any] = {"val_dice": {n: float(d) for n, d in zip(names, per_class)},
                                "val_mean_dice": float(np.nanmean(per_class))}
         if with_pseudo and self.pseudo_idx:
             preview = e.preview(self.pseudo_idx)
-            raw = torch_dice(torch.from_numpy(preview["raw"]).to(e.device).long(), self.pseudo_gt, e.config.num_classes)
+            raw = foreground_dice(torch.from_numpy(preview["raw"]).to(e.device).long(), self.pseudo_gt,
+                                  e.config.num_classes)
             out["pseudo_raw_dice"] = float(np.nanmean(raw))
             if "refined" in preview:
-                ref = torch_dice(torch.from_numpy(preview["refined"]).to(e.device).long(), self.pseudo_gt,
-                                 e.config.num_classes)
+                ref = foreground_dice(torch.from_numpy(preview["refined"]).to(e.device).long(), self.pseudo_gt,
+                                      e.config.num_classes)
                 out["pseudo_refined_dice"] = float(np.nanmean(ref))
                 out["pseudo_refined_by_class"] = {n: float(d) for n, d in zip(names, ref)}
             out["pseudo_raw_by_class"] = {n: float(d) for n, d in zip(names, raw)}

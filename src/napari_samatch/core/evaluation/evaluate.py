@@ -8,10 +8,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..match.inference import predict_volume
-from .metrics import per_class_metrics, summarise
-from ..match.unet import UNet
 from ..data.volume import Volume
+from ..match.inference import predict_volume
+from ..match.unet import UNet
+from .metrics import per_class_metrics, summarise
 
 
 def evaluate_volumes(unet: UNet, volumes: Sequence[Volume], size: int, class_names: Sequence[str],

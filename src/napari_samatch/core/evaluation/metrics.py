@@ -18,7 +18,10 @@ Empty-mask conventions (per class):
 * exactly one empty: Dice 0.0, HD95 and ASD NaN (a distance to nothing is undefined), flagged
   ``missed=True``; ``summarise`` averages distances over the defined cases and counts the missed ones.
 
-``dice_per_class`` is a fast torch version for validation during training.
+This module is the package's one home for Dice: :func:`dice_per_class` (numpy arrays or tensors, every
+class of a batch or volume at once) is what validation, SAM's calibration, the demo and the benchmarks call;
+:func:`foreground_dice` is its NaN-for-absent form over classes 1..C-1 that they average with ``nanmean``.
+``tests/test_metrics_reference.py`` checks Dice, HD95 and ASD against medpy.
 """
 
 from __future__ import annotations
@@ -150,19 +153,38 @@ def summarise(results: Sequence[dict[int, dict]], exclude_empty: bool = False) -
     return {"per_class": per_class, "mean": mean}
 
 
-def dice_per_class(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore: int = -1) -> torch.Tensor:
-    """Dice of every class 0..C-1 over a whole batch, on the tensors' device.
+def dice_per_class(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int,
+                   ignore: int | None = -1, absent: float = 1.0) -> np.ndarray | torch.Tensor:
+    """Dice of every class 0..C-1 over all pixels of ``pred`` and ``target`` (a slice, a batch or a volume).
 
-    ``pred`` is integer labels shaped like ``target`` or scores (B, C, ...) that are argmaxed;
-    pixels where ``target == ignore`` are left out. A class absent from both gets 1.0.
+    ``pred`` is integer labels shaped like ``target``, or scores (B, C, ...) that are argmaxed. Pixels where
+    ``target == ignore`` are left out. A class absent from both gets ``absent`` (1.0; NaN to leave it out of a
+    ``nanmean``). Tensors give a float32 tensor on their device (validation during training, no host
+    round-trip); numpy arrays give float64.
     """
-    if pred.dim() == target.dim() + 1:
-        pred = pred.argmax(dim=1)
+    if pred.ndim == target.ndim + 1:
+        pred = pred.argmax(1)
     if pred.shape != target.shape:
         raise DataError(f"Prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape.")
-    valid = target != ignore
-    p, t = pred[valid].long(), target[valid].long()
-    inter = torch.bincount(t[p == t], minlength=num_classes)[:num_classes].float()
-    size = (torch.bincount(p, minlength=num_classes)[:num_classes]
-            + torch.bincount(t, minlength=num_classes)[:num_classes]).float()
-    return torch.where(size > 0, 2.0 * inter / size.clamp(min=1.0), torch.ones_like(size))
+    if isinstance(pred, torch.Tensor):
+        valid = target != ignore if ignore is not None else torch.ones_like(target, dtype=torch.bool)
+        p, t = pred[valid].long(), target[valid].long()
+        inter = torch.bincount(t[p == t], minlength=num_classes)[:num_classes].float()
+        size = (torch.bincount(p, minlength=num_classes)[:num_classes]
+                + torch.bincount(t, minlength=num_classes)[:num_classes]).float()
+        return torch.where(size > 0, 2.0 * inter / size.clamp(min=1.0), torch.full_like(size, absent))
+    pred, target = np.asarray(pred), np.asarray(target)
+    valid = target != ignore if ignore is not None else np.ones(target.shape, bool)
+    p, t = pred[valid].astype(np.int64), target[valid].astype(np.int64)
+    inter = np.bincount(t[p == t], minlength=num_classes)[:num_classes].astype(np.float64)
+    size = np.bincount(p, minlength=num_classes)[:num_classes] + np.bincount(t, minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(size > 0, 2 * inter / size, absent)
+
+
+def foreground_dice(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor,
+                    num_classes: int) -> np.ndarray:
+    """Dice of classes 1..C-1 as a float64 numpy array, NaN where a class is absent from both (not counted
+    by ``nanmean``); ``target == -1`` is ignored. Validation, the demo and the benchmarks report this."""
+    d = dice_per_class(pred, target, num_classes, ignore=-1, absent=math.nan)
+    return (d.double().cpu().numpy() if isinstance(d, torch.Tensor) else d)[1:]

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .unet import UNet
 from ..data.slices import normalise_slice
+from .unet import UNet
 
 
 @torch.no_grad()

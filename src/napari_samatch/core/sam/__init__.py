@@ -1,7 +1,9 @@
-"""SAM backends behind one small interface (see ``base.SamBackend``).
+"""SAM and its refinement: backends behind one small interface, the embedding cache, prompts, fusion, refiner.
 
 ``load_sam("litemedsam")`` gives the bundled LiteMedSAM; ``load_sam("sam", path)`` a segment-anything
-ViT (SAM ViT-B/L/H, MedSAM). Both encode images once and decode many prompts in one batched call.
+ViT (SAM ViT-B/L/H, MedSAM). Both encode images once and decode many prompts in one batched call
+(see ``base.SamBackend``). ``prompts`` turns a Match prediction into boxes and points, ``fusion`` SAM's
+per-prompt masks into one pseudo-label, and ``refiner`` does both for a batch with cached embeddings.
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import io
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import atomic_write_bytes, check_state_fits, load_weights_only
 from ..device import select_device, tune_cpu_allocator
 from ..errors import CheckpointError, ConfigError, DataError, StorageError
 
@@ -233,8 +232,6 @@ class SamBackend(nn.Module, abc.ABC):
 
     def save(self, path: str | Path) -> Path:
         """Write ``{"model": state_dict, "samatch": metadata}``; loadable with weights_only=True."""
-        from ..checkpoint import atomic_write_bytes
-
         path = Path(path)
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         buffer = io.BytesIO()
@@ -259,7 +256,6 @@ class SamBackend(nn.Module, abc.ABC):
 
 
 # ---------------------------------------------------------------------- checkpoint reading
-_GLOBAL_RE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -271,21 +267,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"SAM checkpoint {path} does not exist or is not a file. Check the path.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
-            found = _GLOBAL_RE.search(str(exc))
-            what = f" (it references {found.group(1)})" if found else ""
-            raise CheckpointError(
-                f"SAM checkpoint {path} refused: not a plain weights file{what}. Only tensors can be loaded; "
-                "save the model's state_dict alone, and never open files of unknown origin."
-            ) from None
-        raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file. "
-                              "Download or copy it again.") from None
-    except Exception as exc:  # noqa: BLE001 - zip/stream/EOF/KeyError... all mean an unreadable file
-        raise CheckpointError(f"SAM checkpoint {path} is corrupt or not a PyTorch file "
-                              f"({type(exc).__name__}). Download or copy it again.") from None
+    obj = load_weights_only(path, f"SAM checkpoint {path}")
     meta: dict[str, Any] = {}
     if isinstance(obj, dict):
         if isinstance(obj.get("samatch"), dict):
@@ -306,7 +288,5 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
 
 def load_checked(model: nn.Module, state: dict[str, Tensor], path: str | Path, what: str) -> None:
     """Load ``state`` strictly into ``model``; a key or shape mismatch is a CheckpointError naming keys."""
-    from ..checkpoint import check_state_fits
-
     check_state_fits(model, state, f"SAM checkpoint {path}", what,
                      "Pick the backend/model type that matches the file.")

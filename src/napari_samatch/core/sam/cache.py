@@ -46,7 +46,6 @@ class EmbeddingCache:
         self.bytes_on_disk = 0
         self.hits = 0
         self.misses = 0
-        self.tag: str | None = None
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -67,13 +66,6 @@ class EmbeddingCache:
             return {"entries": len(self._memory) + len(self._disk), "in_memory": len(self._memory),
                     "on_disk": len(self._disk), "bytes_in_memory": self.bytes_in_memory,
                     "bytes_on_disk": self.bytes_on_disk, "hits": self.hits, "misses": self.misses}
-
-    def bind(self, tag: str) -> None:
-        """Tie the entries to ``tag`` (e.g. ``backend.fingerprint('encoder')``); a new tag clears them."""
-        with self._lock:
-            if self.tag is not None and tag != self.tag:
-                self.invalidate()
-            self.tag = tag
 
     def invalidate(self) -> None:
         """Drop every entry (memory and disk); counters of hits/misses are kept."""

@@ -38,7 +38,7 @@ apical slices) below ``min_area`` so their prompt disappears, and shrinks every 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
@@ -86,14 +86,6 @@ class Prompts:
         """The prompts picked by a boolean mask or index tensor (image numbering unchanged)."""
         keep = keep.to(self.image_index.device)
         return self._map(lambda t: t[keep])
-
-    def for_image(self, i: int) -> "Prompts":
-        """The prompts of image ``i`` as a one-image batch (``image_index`` all 0, ``num_images`` 1)."""
-        if not 0 <= i < self.num_images:
-            raise DataError(f"Image {i} is outside this batch of {self.num_images} images; "
-                            "pick an index from 0 to num_images - 1.")
-        sub = self.select(self.image_index == i)
-        return replace(sub, image_index=torch.zeros_like(sub.image_index), num_images=1)
 
     def to_numpy_dict(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (for ``np.savez`` and the GUI); inverse of :meth:`from_numpy_dict`."""

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
-from .fusion import fuse
-from .prompts import Prompts, prompts_from_labels, prompts_from_probs
+from ..evaluation.metrics import dice_per_class
 from .base import SamBackend
 from .cache import EmbeddingCache
+from .fusion import fuse
+from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
 
 @dataclass
@@ -110,10 +111,8 @@ class Refiner:
         logits, _ = self.decode(self.embeddings(keys, images), prompts)
         fused, _ = fuse(logits.float(), prompts, c.num_classes, nested=c.nested_fusion)
         labels = labels.to(fused.device)
-        self.box_dice = {}
-        for k in sorted(set(prompts.class_index.tolist())):
-            p, g = fused == k, labels == k
-            self.box_dice[int(k)] = float(2 * (p & g).sum() / (p.sum() + g.sum()).clamp(min=1))
+        dice = dice_per_class(fused, labels, c.num_classes, ignore=None)
+        self.box_dice = {int(k): float(dice[k]) for k in sorted(set(prompts.class_index.tolist()))}
         # a class never seen on the labeled slices stays trusted: there is nothing to judge it by
         self.trusted = {k for k in range(1, c.num_classes) if self.box_dice.get(k, 1.0) >= c.sam_trust_dice}
         return dict(self.box_dice)
