@@ -98,7 +98,7 @@ def to_shape(labels, hw) -> np.ndarray:
     return np.asarray(resize_labels_back(np.asarray(labels, dtype=np.uint8), hw))
 
 
-def run_method(method: str, image, labels, picks, threads: int, seed: int) -> dict:
+def run_method(method: str, image, labels, picks, threads: int, seed: int, start_set: dict | None = None) -> dict:
     """One method on one volume: predicted labels (Z,H,W) and extras."""
     import torch
 
@@ -129,7 +129,7 @@ def run_method(method: str, image, labels, picks, threads: int, seed: int) -> di
         engine.run()
         return {"pred": to_shape(engine.predict().argmax(1).cpu().numpy(), hw)}
     if method == "start":
-        engine = engine_for(image, painted, picks, threads=threads, seed=seed)
+        engine = engine_for(image, painted, picks, threads=threads, seed=seed, **(start_set or {}))
         engine.run()
         out = engine.preview(list(range(len(labels))))
         return {"pred": to_shape(out["refined"], hw), "match": to_shape(out["raw"], hw),
@@ -164,7 +164,7 @@ def worker(args) -> None:
             picks = painted_slices(labels, k)
             rest = [z for z in range(len(labels)) if z not in picks]
             t0 = time.perf_counter()
-            out = run_method(args.worker, image, labels, picks, args.threads, args.seed)
+            out = run_method(args.worker, image, labels, picks, args.threads, args.seed, parse_set(args.set))
             row = {"volume": name, "k": k, "painted": picks, "time_s": time.perf_counter() - t0,
                    "scores": scores(out["pred"], labels, rest)}
             if "match" in out:
@@ -176,6 +176,18 @@ def worker(args) -> None:
                   f"({row['time_s']:.0f} s)", file=sys.stderr, flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"method": args.worker, "rows": rows, "peak_rss_mb": peak}))
+
+
+def parse_set(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` overrides of the quick preset for `start` (JSON values: numbers, true/false)."""
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def mean_dice(s: dict) -> float:
@@ -232,6 +244,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=2, help="methods run at once (one process each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "volume_completion"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of the quick preset for `start` (e.g. sam_every=0)")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -245,7 +259,7 @@ def main() -> int:
             print("itk-morphologicalcontourinterpolation is not installed: leaving out 'itk'", file=sys.stderr)
             methods.remove("itk")
     base = [sys.executable, __file__, "--k", *map(str, args.k), "--limit", str(args.limit), "--threads",
-            str(args.threads), "--seed", str(args.seed)] + (["--volumes", args.volumes] if args.volumes else []) \
+            str(args.threads), "--seed", str(args.seed), "--set", *args.set] + (["--volumes", args.volumes] if args.volumes else []) \
         + (["--phantom"] if args.phantom else []) + (["--no-acdc"] if args.no_acdc else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results, running, todo = {}, [], list(methods)

@@ -130,7 +130,8 @@ class RunConfig:
         need(0 <= self.weight_decay < 1, "weight_decay", "use a value in [0, 1)")
         need(self.sam_mode in SAM_MODES, "sam_mode", "choose decoder or full")
         need(self.sam_backend in ("litemedsam", "sam"), "sam_backend", "choose litemedsam or sam")
-        need(isinstance(self.sam_every, int) and self.sam_every >= 1, "sam_every", "use a whole number >= 1")
+        need(isinstance(self.sam_every, int) and self.sam_every >= 0, "sam_every",
+             "use a whole number >= 0 (0 = SAM only refines in the joint stage, it does not train)")
         need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
         need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
         need(0 <= self.prior_weight <= 1, "prior_weight", "use a weight in [0, 1] (0 = no interpolation prior)")

@@ -364,7 +364,7 @@ class Engine:
             return logs
 
         # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
-        train_sam = self.stage_iter % c.sam_every == 0
+        train_sam = c.sam_every > 0 and self.stage_iter % c.sam_every == 0
         self.sam.train(train_sam)
         pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight,
                                 prior=self.prior_of(iu))
