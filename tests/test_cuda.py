@@ -102,9 +102,11 @@ def test_a_run_on_the_device_resumes_on_the_cpu(device, sample, tmp_path):
     summary = engine.run(seen.append, checkpoint_dir=tmp_path)
     assert not summary["stopped"] and [e.kind for e in seen][-1] == ev.DONE
     assert any(e.kind == ev.METRICS for e in seen)
+    # compared without autocast: a barely trained model has near-ties that bf16 rounding would flip
+    engine.config = engine.config.replace(amp=False)
     on_device = engine.predict([0, 1]).float().cpu()
-    resumed = Engine.from_checkpoint(tmp_path / "last.pt", sample, device="cpu")
+    resumed = Engine.from_checkpoint(tmp_path / "last.pt", sample, device="cpu", amp=False)
     assert resumed.device.type == "cpu" and resumed.stage_index == 3
     on_cpu = resumed.predict([0, 1]).float()
-    # bf16 on the device, float32 (or bf16 on an AMX CPU) here: the labels agree almost everywhere
-    assert (on_device.argmax(1) == on_cpu.argmax(1)).float().mean() > 0.98
+    assert (on_device.argmax(1) == on_cpu.argmax(1)).float().mean() > 0.99
+    assert torch.allclose(on_device, on_cpu, atol=2e-2)
