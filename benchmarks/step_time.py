@@ -12,7 +12,13 @@ Reported per configuration: the median and the fastest of ``--steps`` timed step
   - ``unimatch``: the Match model's UniMatch step (no SAM),
   - ``joint``: the SAM-Match step with SAM training in that step (prompts, decode, both backward passes),
   - ``joint_frozen``: the SAM-Match step on the steps where SAM does not train (``sam_every`` > 1),
-and the one-off encoding time per slice. Results go to stdout and ``benchmarks/results/step_time.json``.
+and the one-off encoding time per slice. From their differences it prints where a joint step's time goes:
+``unet`` (the UniMatch step: the Match model's four views, forward and backward), ``sam_refine``
+(joint_frozen - unimatch: prompts, batched decode and fusion of the unlabeled batch), ``sam_train``
+(joint - joint_frozen: SAM's supervised decode on the labeled batch and both SAM backward passes; in
+``full`` mode also the encoder's forward and backward) and ``encode`` (once per slice, cached, ``decoder``
+mode). On CUDA it also records the peak GPU memory of each kind of step. Results go to stdout and
+``benchmarks/results/step_time.json``; ``benchmarks/gpu_check.py`` calls :func:`measure` on a GPU.
 """
 
 from __future__ import annotations
@@ -46,15 +52,48 @@ def host_stall_fraction(seconds: float = 3.0) -> float:
     return round(lost / seconds, 3)
 
 
-def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: int) -> dict:
-    """One configuration, in this process."""
+def split(row: dict) -> dict:
+    """Where the joint step's median time goes, from the differences between the kinds of step."""
+    med = {k: row[k]["median_s"] for k in KINDS if k in row}
+    out = {}
+    if "unimatch" in med:
+        out["unet_s"] = med["unimatch"]
+    if "joint_frozen" in med and "unimatch" in med:
+        out["sam_refine_s"] = round(med["joint_frozen"] - med["unimatch"], 3)
+    if "joint" in med and "joint_frozen" in med:
+        out["sam_train_s"] = round(med["joint"] - med["joint_frozen"], 3)
+    out["encode_per_slice_s"] = row.get("encode_per_slice_s")
+    return out
+
+
+def format_split(row: dict) -> str:
+    s = row.get("split", {})
+    parts = [f"{name} {s[key]:.3f} s" for name, key in (("UNet", "unet_s"), ("SAM refinement", "sam_refine_s"),
+                                                        ("SAM training", "sam_train_s")) if key in s]
+    enc = s.get("encode_per_slice_s")
+    return "  split: " + ", ".join(parts) + (f"; encode {enc:.3f} s/slice, once" if enc else "")
+
+
+KINDS = ("unimatch", "joint", "joint_frozen")
+
+
+def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: int, warmup: int = 2,
+            kinds: tuple[str, ...] = KINDS, slices: int | None = None, amp_all: bool = False) -> dict:
+    """One configuration, in this process.
+
+    ``amp_all`` runs the whole step under the engine's autocast (bf16 on CUDA), SAM included; by default
+    only the Match model runs under it. ``slices``: phantom slices (default max(12, 2 batch + 4)).
+    """
+    import contextlib
+
     import torch
 
     from napari_samatch.core.config import preset
     from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.device import autocast
     from napari_samatch.core.engine.engine import Engine
 
-    data, _, _ = phantom(shape=(max(12, 2 * batch + 4), size, size))
+    data, _, _ = phantom(shape=(slices or max(12, 2 * batch + 4), size, size))
     config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode=mode,
                     device=device, threads=threads, eval_every=0, checkpoint_every=0, sam_every=1)
     config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
@@ -64,7 +103,10 @@ def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: 
     load_s = time.perf_counter() - t0
     engine.sam_optimizer()
 
-    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+    cuda = engine.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     keys = list(range(len(data)))
     t0 = time.perf_counter()
     if mode == "decoder":
@@ -81,24 +123,33 @@ def measure(batch: int, mode: str, steps: int, threads: int, device: str, size: 
             engine.config = engine.config.replace(sam_every=1)
         engine.config = engine.config.replace(method="unimatch" if kind == "unimatch" else "samatch")
         times = []
-        for i in range(steps + 2):
+        whole = autocast(engine.device, True) if amp_all else contextlib.nullcontext()
+        for i in range(steps + warmup):
             sync()
+            if cuda and i == warmup:
+                torch.cuda.reset_peak_memory_stats()
             t = time.perf_counter()
-            engine.step("joint")
+            with whole:
+                engine.step("joint")
             sync()
-            if i >= 2:
+            if i >= warmup:
                 times.append(time.perf_counter() - t)
         return times
 
     out = {"batch": batch, "mode": mode, "size": size, "threads": threads, "device": str(engine.device),
-           "load_s": round(load_s, 2), "encode_per_slice_s": None if encode_s is None else round(encode_s, 3)}
-    for kind in ("unimatch", "joint", "joint_frozen"):
+           "amp_all": amp_all, "load_s": round(load_s, 2),
+           "encode_per_slice_s": None if encode_s is None else round(encode_s, 3)}
+    for kind in kinds:
         times = timed(kind)
         out[kind] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
                      "all_s": [round(t, 3) for t in times]}
+        if cuda:
+            out[kind]["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            out[kind]["peak_cuda_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+    out["split"] = split(out)
     out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    if engine.device.type == "cuda":
-        out["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if cuda:
+        out["peak_cuda_gib"] = max(out[k]["peak_cuda_gib"] for k in kinds)
     return out
 
 
@@ -141,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(min {row['joint']['min_s']:.2f})  joint, SAM frozen {row['joint_frozen']['median_s']:6.2f} s  "
                   f"unimatch {row['unimatch']['median_s']:6.2f} s  peak RSS {row['peak_rss_gib']:.2f} GiB  "
                   f"encode {row['encode_per_slice_s'] or '-'} s/slice", flush=True)
+            print(format_split(row), flush=True)
             args.out.write_text(json.dumps(report, indent=2))  # after every row: a killed run keeps its rows
     print(f"wrote {args.out}")
     return 0

@@ -35,7 +35,6 @@ def load(vid: str) -> tuple[np.ndarray, np.ndarray]:
 
 def test_start_beats_interpolation_between_three_painted_slices():
     import volume_completion as vc
-
     from napari_samatch.core.prior.interpolation import interpolate_labels
 
     gains, rows = [], []

@@ -204,4 +204,7 @@ class EmbeddingCache:
             raise DataError("The embedding cache was cleared while embedding; run the step again.")
         if not values:
             return torch.zeros((0, *backend.embed_shape), device=device)
-        return torch.stack(values).to(device=device, dtype=torch.float32)
+        # the entries are fp16 on the CPU: under a CPU bf16 autocast, stack would refuse that mix of types
+        with torch.autocast("cpu", enabled=False):
+            stacked = torch.stack(values)
+        return stacked.to(device=device, dtype=torch.float32)
