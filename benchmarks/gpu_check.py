@@ -164,7 +164,7 @@ def profile(device: str, dry: bool, out: Path) -> dict:
     config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode="decoder",
                     device=device, eval_every=0, checkpoint_every=0, sam_every=1)
     engine = Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names)))
-    engine._sam_optimizer()
+    engine.sam_optimizer()
     cuda = engine.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(1 if dry else 3):

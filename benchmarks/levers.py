@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
     engine = Engine(data, config)
     if args.kind in ("joint", "sam"):
-        engine._sam_optimizer()
+        engine.sam_optimizer()
         with torch.no_grad():
             engine.refiner.embeddings(list(range(len(data))), engine.images)
     names = ["baseline", *args.levers]

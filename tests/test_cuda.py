@@ -79,7 +79,7 @@ def test_every_step_kind_trains_on_the_device(device, sample, method, mode):
     engine = Engine(sample, tiny(sample, device, method=method, sam_mode=mode))
     assert engine.device.type == device.type and next(engine.unet.parameters()).device.type == device.type
     if method == "samatch":
-        engine._sam_optimizer()
+        engine.sam_optimizer()
         before = [p.detach().clone() for p in engine.sam.trainable_parameters(mode)]
     w0 = engine.unet.head.weight.detach().clone()
     for i in range(2):
