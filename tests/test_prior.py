@@ -78,3 +78,21 @@ def test_fuse_prior_is_a_distribution_weighted_by_confidence():
     sure = torch.ones(2, 8, 8)
     assert torch.equal(fuse_prior(probs, prior, sure, 1.0).argmax(1), prior)
     assert torch.equal(fuse_prior(probs, prior, conf, 0.0), probs)
+
+
+def test_the_first_event_of_a_run_is_the_interpolation_as_pseudo_labels():
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
+
+    data, vol, labeled = phantom(shape=(8, 64, 64))
+    config = preset("quick", size=64, method="supervised", warmup_method="supervised", warmup_iters=2, sam_iters=0,
+                    joint_iters=0, eval_every=0, checkpoint_every=0, device="cpu", threads=1)
+    kinds = []
+    Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names))).run(
+        lambda e: kinds.append((e.kind, e.data)))
+    first = [k for k, _ in kinds if k in ("pseudo_labels", "progress")][0]
+    assert first == "pseudo_labels"
+    d = next(d for k, d in kinds if k == "pseudo_labels")
+    assert len(d["indices"]) == len(data) and len(d["slice_confidence"]) == len(data)
+    assert d["raw"].shape == (len(data), 64, 64) and d["confidence"].max() == 1.0

@@ -14,7 +14,7 @@ from typing import Any, Callable
 STAGE = "stage"            # a stage starts: data = {"stage", "iters"}
 PROGRESS = "progress"      # after each step: data = {"losses": {...}, "lr", "step_s"}
 METRICS = "metrics"        # validation / pseudo-label quality: data = {"val_dice": {...}, ...}
-PSEUDO_LABELS = "pseudo_labels"  # requested previews: data = {"indices", "prompts", "raw", "refined", "confidence"}
+PSEUDO_LABELS = "pseudo_labels"  # previews (and the interpolation at a run's start): data = {"indices", "prompts", "raw", "refined", "confidence", "slice_confidence"}
 CHECKPOINT = "checkpoint"  # a checkpoint was written: data = {"path"}
 LOG = "log"                # a line for the user
 PAUSED = "paused"
