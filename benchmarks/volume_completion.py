@@ -133,7 +133,7 @@ def run_method(method: str, image, labels, picks, threads: int, seed: int, start
         engine.run()
         out = engine.preview(list(range(len(labels))))
         return {"pred": to_shape(out["refined"], hw), "match": to_shape(out["raw"], hw),
-                "slice_confidence": out["slice_confidence"]}
+                "prior": to_shape(engine.prior[0].cpu().numpy(), hw), "slice_confidence": out["slice_confidence"]}
     raise SystemExit(f"unknown method {method}")
 
 
@@ -171,6 +171,12 @@ def worker(args) -> None:
                 row["match_scores"] = scores(out["match"], labels, rest)
                 row["slices"] = [(float(out["slice_confidence"][z]), slice_dice(out["pred"][z], labels[z]))
                                  for z in rest]
+                # other candidate scores, to choose the Review dock's rule on val (agreement of the answer
+                # with the Match model alone and with the interpolation alone)
+                row["slice_candidates"] = [{"agree_match": slice_dice(out["match"][z], out["pred"][z]),
+                                            "agree_prior": slice_dice(out["prior"][z], out["pred"][z]),
+                                            "confidence": float(out["slice_confidence"][z]),
+                                            "dice": slice_dice(out["pred"][z], labels[z])} for z in rest]
             rows.append(row)
             print(f"  {args.worker} {name} k={k}: mean Dice {mean_dice(row['scores']):.3f} "
                   f"({row['time_s']:.0f} s)", file=sys.stderr, flush=True)

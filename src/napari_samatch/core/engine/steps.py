@@ -103,7 +103,8 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
         probs = warp(probs_w, invert(theta), mode="bilinear")
         if prior is not None:  # the painted slices' interpolation, in the slice's own frame like SAM
             probs = fuse_prior(probs, *prior)
-        with torch.set_grad_enabled(train_sam):
+        # SAM's graph through this decode is kept only when its unlabeled loss will use it
+        with torch.set_grad_enabled(train_sam and sam_weight > 0):
             refined = refiner.refine(probs, keys, u)
         label = warp(refined.labels, theta, mode="nearest", fill=-1)
         conf = warp(refined.confidence[:, None], theta, mode="nearest")[:, 0]
