@@ -36,9 +36,9 @@ from ..device import autocast, select_device, set_threads, tune_cpu_allocator
 from ..errors import DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
-from ..prior.prior import fuse_prior, slice_prior
+from ..prior.prior import slice_prior
 from ..sam.refiner import Refiner
-from . import distributed, faults, persistence
+from . import distributed, faults, persistence, review
 from . import events as ev
 from .schedule import PolySchedule
 from .steps import samatch_pseudo, supervised_step, unimatch_step
@@ -46,15 +46,6 @@ from .validation import Validator
 
 log = logging.getLogger(__name__)
 STAGES = ("warmup", "sam", "joint")
-
-
-def slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
-    """A slice's score for review (N,): the mean confidence over its structures; background alone is
-    nearly always confident and would hide a doubtful structure (a slice with none: its mean)."""
-    fg = labels > 0
-    sums = (confidence * fg).reshape(len(labels), -1).sum(1)
-    counts = fg.reshape(len(labels), -1).sum(1)
-    return np.where(counts > 0, sums / np.maximum(counts, 1), confidence.reshape(len(labels), -1).mean(1))
 
 
 class StopRequested(Exception):
@@ -416,48 +407,20 @@ class Engine:
         return self.prior[0][ix], self.prior[1][ix], self.config.prior_weight
 
     def completed_probs(self, indices: Sequence[int]) -> torch.Tensor:
-        """The Match model's probabilities fused with the painted slices' prior (the Match model alone
-        without a prior): what SAM is prompted from, and the answer where SAM does not refine."""
-        probs = self.predict(indices)
-        prior = self.prior_of(indices)
-        return probs if prior is None else fuse_prior(probs, *prior)
+        """The Match probabilities fused with the painted slices' prior (see core/engine/review.py)."""
+        return review.completed_probs(self, indices)
 
     def prior_preview(self, indices: Sequence[int]) -> dict[str, Any] | None:
-        """The prior alone as a preview (the first result a user sees, before any training); None without one."""
-        prior = self.prior_of(indices)
-        if prior is None:
-            return None
-        labels, conf = prior[0].cpu().numpy().astype(np.uint8), prior[1].cpu().numpy().astype(np.float32)
-        return {"indices": list(indices), "raw": labels, "confidence": conf,
-                "slice_confidence": slice_confidence(labels, conf).tolist()}
+        """The prior alone as a preview: the first result a user sees (see core/engine/review.py)."""
+        return review.prior_preview(self, indices)
 
     def preview(self, indices: Sequence[int]) -> dict[str, Any]:
-        """Prompts, raw Match labels, the completed labels (the prior fused in, then SAM-refined) and
-        their confidence for some slices (numpy); ``slice_confidence`` ranks slices for review."""
-        indices = list(indices)
-        probs = self.completed_probs(indices)
-        out: dict[str, Any] = {"indices": indices, "raw": self.predict(indices).argmax(1).cpu().numpy().astype(np.uint8)}
-        labels, conf = probs.argmax(1), probs.max(1).values
-        if self.uses_sam():
-            if self.refiner.trusted is None:
-                self.calibrate_sam()
-            with self.lock, torch.no_grad():
-                self.sam.eval()
-                refined = self.refiner.refine(probs, indices, self.images[indices])
-            out["prompts"] = refined.prompts.to_numpy_dict()
-            labels, conf = refined.labels, refined.confidence
-        labels, conf = labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy().astype(np.float32)
-        out.update(refined=labels, confidence=conf, slice_confidence=slice_confidence(labels, conf).tolist())
-        return out
+        """What the Review dock shows for some slices (see core/engine/review.py)."""
+        return review.preview(self, indices)
 
     def refine_with_prompts(self, index: int, prompts) -> dict[str, np.ndarray]:
-        """Re-run SAM on one slice with user-edited prompts (the GUI's box edits); cached embedding."""
-        with self.lock, torch.no_grad():
-            self.sam.eval()
-            probs = self.completed_probs([index])
-            refined = self.refiner.refine(probs, [index], self.images[[index]], prompts=prompts)
-        return {"refined": refined.labels[0].cpu().numpy().astype(np.uint8),
-                "confidence": refined.confidence[0].cpu().numpy().astype(np.float32)}
+        """Re-run SAM on one slice with user-edited prompts (see core/engine/review.py)."""
+        return review.refine_with_prompts(self, index, prompts)
 
     # ----------------------------------------------------------------- persistence
     def state_payload(self) -> dict[str, Any]:
