@@ -31,6 +31,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.worker:
         worker(args)
-        return 0
+        sys.stdout.flush()
+        os._exit(0)  # ITK's teardown corrupted the heap at exit (abort after the results were printed)
     methods = list(args.methods)
     if "itk" in methods:
         try:
@@ -273,13 +275,18 @@ def main() -> int:
     while todo or running:
         while todo and len(running) < args.parallel:
             m = todo.pop(0)
-            running.append((m, subprocess.Popen(base + ["--worker", m], stdout=subprocess.PIPE, text=True, env=env)))
-        m, proc = running.pop(0)
-        out, _ = proc.communicate()
-        if proc.returncode != 0:
-            print(f"{m} failed (exit {proc.returncode})", file=sys.stderr)
-            continue
-        results[m] = json.loads(out.strip().splitlines()[-1])
+            log = tempfile.TemporaryFile(mode="w+")  # a pipe would fill up while another worker is awaited
+            running.append((m, subprocess.Popen(base + ["--worker", m], stdout=log, text=True, env=env), log))
+        time.sleep(0.5)
+        for entry in [e for e in running if e[1].poll() is not None]:
+            running.remove(entry)
+            m, proc, log = entry
+            log.seek(0)
+            out = log.read()
+            if proc.returncode != 0:
+                print(f"{m} failed (exit {proc.returncode})", file=sys.stderr)
+                continue
+            results[m] = json.loads(out.strip().splitlines()[-1])
     table, md = summary(results, args.k)
     print(md)
     out = Path(args.out)
