@@ -2,7 +2,7 @@
 
 A short version of benchmarks/volume_completion.py (docs/benchmarks.md has the full table): two ACDC
 validation volumes, k = 3 painted slices (the centres of three equal runs of the slices that hold the
-heart), the `quick` preset with a shorter schedule, the real LiteMedSAM. Scored on the unpainted slices
+heart), the `quick` preset as Start runs it, the real LiteMedSAM. Scored on the unpainted slices
 as the pseudo-labels the Review dock shows and Export writes.
 """
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow,
 
 # two patients, one ED and one ES frame; measured in docs/testing.md
 VOLUMES = ("patient085_frame02", "patient019_frame01")
-SHORT = {"warmup_iters": 120, "joint_iters": 40, "threads": 2}
+SHORT = {"threads": 2}  # the quick preset as the docks run it
 
 
 def load(vid: str) -> tuple[np.ndarray, np.ndarray]:
