@@ -109,9 +109,8 @@ def tests(out: Path, dry: bool, timeout_s: int) -> dict:
 
 def steps(device: str, dry: bool) -> list[dict]:
     """step_time.measure in this process; peak GPU memory is reset per kind of step."""
-    import torch
-
     import step_time
+    import torch
 
     if dry:  # the CPU: a 64 px UNet frame, batch 1 and 2, decoder only in full detail
         configs = [dict(batch=1, mode="decoder"), dict(batch=2, mode="decoder"),
@@ -152,7 +151,8 @@ def profile(device: str, dry: bool, out: Path) -> dict:
     and whether the step waits on the host (CPU time near wall time: launch-bound, a case for CUDA graphs
     or torch.compile). The table goes to OUT/profile.txt."""
     import torch
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     from napari_samatch.core.config import preset
     from napari_samatch.core.datasets import phantom
