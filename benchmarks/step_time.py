@@ -71,7 +71,9 @@ def format_split(row: dict) -> str:
     parts = [f"{name} {s[key]:.3f} s" for name, key in (("UNet", "unet_s"), ("SAM refinement", "sam_refine_s"),
                                                         ("SAM training", "sam_train_s")) if key in s]
     enc = s.get("encode_per_slice_s")
-    return "  split: " + ", ".join(parts) + (f"; encode {enc:.3f} s/slice, once" if enc else "")
+    noisy = any(s.get(k, 0) < 0 for k in ("sam_refine_s", "sam_train_s"))
+    return ("  split: " + ", ".join(parts) + (f"; encode {enc:.3f} s/slice, once" if enc else "")
+            + (" (a negative share: the machine's noise is larger than it; take more --steps)" if noisy else ""))
 
 
 KINDS = ("unimatch", "joint", "joint_frozen")
