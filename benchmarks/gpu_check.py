@@ -109,8 +109,9 @@ def tests(out: Path, dry: bool, timeout_s: int) -> dict:
 
 def steps(device: str, dry: bool) -> list[dict]:
     """step_time.measure in this process; peak GPU memory is reset per kind of step."""
-    import step_time
     import torch
+
+    import step_time
 
     if dry:  # the CPU: a 64 px UNet frame, batch 1 and 2, decoder only in full detail
         configs = [dict(batch=1, mode="decoder"), dict(batch=2, mode="decoder"),

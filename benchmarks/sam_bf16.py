@@ -16,11 +16,11 @@ import argparse
 import numpy as np
 import torch
 
-from napari_samatch.core.datasets import phantom
+from napari_samatch.core.data.datasets import phantom
 from napari_samatch.core.device import autocast
-from napari_samatch.core.fusion import fuse
-from napari_samatch.core.prompts import prompts_from_labels
 from napari_samatch.core.sam import load_sam
+from napari_samatch.core.sam.fusion import fuse
+from napari_samatch.core.sam.prompts import prompts_from_labels
 
 
 def main(argv: list[str] | None = None) -> int:
