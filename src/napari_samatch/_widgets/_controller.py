@@ -288,15 +288,11 @@ class Controller(QObject):
 
         def make_engine():  # worker thread
             from ..core.engine.engine import Engine
-            from ..core.engine.validation import Validator
 
             data, val = self.build_slices(vol, labeled, held)
             if engine is None:
                 return Engine(data, config, val=val)
-            keep = ("warmup_iters", "sam_iters", "joint_iters", "eval_every", "checkpoint_every", "method")
-            engine.config = engine.config.replace(**{k: getattr(config, k) for k in keep})
-            engine.set_data(data)
-            engine.validator = Validator(engine, val) if val is not None else None
+            engine.next_round(data, config, val)
             return engine
 
         self.sessions.autosave(force=True)

@@ -205,12 +205,15 @@ class TrainWidget(QWidget):
         ckpt = self.ckpt_edit.text().strip() or None
         if backend == "sam" and not ckpt:
             raise SamatchError("Choose a SAM or MedSAM checkpoint file (Browse...), or pick the bundled LiteMedSAM.")
-        cfg = preset(self.preset_combo.currentText(), **values, sam_backend=backend,
-                     sam_checkpoint=ckpt if backend == "sam" else None, device=self.device_combo.currentData())
+        return preset(self.preset_combo.currentText(), **values, sam_backend=backend,
+                      sam_checkpoint=ckpt if backend == "sam" else None, device=self.device_combo.currentData())
+
+    def _remember(self, cfg: RunConfig) -> None:
+        """What a run started with: the held-out slice count for the controller, the dock's settings for
+        the session file."""
         self.ctl.val_slices = self.val_spin.value()
         self.ctl.sessions.settings = {**cfg.to_dict(), "preset": self.preset_combo.currentText(),
                                       "val_slices": self.val_spin.value()}
-        return cfg
 
     def set_config(self, **values) -> None:
         """Set fields programmatically (tests, sessions): any advanced field, 'preset', 'device'."""
@@ -266,6 +269,7 @@ class TrainWidget(QWidget):
         except SamatchError as exc:
             notify_error(str(exc))
             return False
+        self._remember(cfg)
         if fresh:
             self.loss_plot.clear()
             self.val_plot.clear()

@@ -127,6 +127,14 @@ class Engine:
         if self._refiner is not None:
             self._refiner.trusted = None  # judged again on the grown labeled set
 
+    def next_round(self, data: SliceSet, schedule: RunConfig, val: SliceSet | None = None) -> None:
+        """A new round from the current models on a grown labeled set (the user accepted or painted more
+        slices): the stage lengths, checkpointing and method of ``schedule``, the rest of the run kept."""
+        keep = ("warmup_iters", "sam_iters", "joint_iters", "eval_every", "checkpoint_every", "method")
+        self.config = self.config.replace(**{k: getattr(schedule, k) for k in keep})
+        self.set_data(data)
+        self.validator = Validator(self, val) if val is not None and distributed.is_main() else None
+
     # ----------------------------------------------------------------- models
     @property
     def sam(self):
