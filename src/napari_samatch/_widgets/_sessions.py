@@ -304,6 +304,7 @@ class SessionManager(QObject):
         like = Volume(np.broadcast_to(np.float32(0), arr.shape), spacing=tuple(spacing) if spacing else None,
                       affine=np.asarray(md["affine"]) if md.get("affine") is not None else None,
                       name=img.name if img is not None else "mask",
+                      source=md.get("source") or getattr(getattr(img, "source", None), "path", None),
                       metadata={k: md[k] for k in ("nifti_codes",) if k in md})
         return write_mask(path, arr, like=like)
 

@@ -13,6 +13,8 @@ import errno
 import glob
 import hashlib
 import io
+import json
+import math
 import os
 import pickle
 import re
@@ -40,33 +42,91 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the umask (``mkstemp`` would force 0o600)."""
+    try:  # Linux says it without changing it (os.umask is process-wide and races other threads)
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True)`` returning the folders it created, outermost first (see ``remove_folders``)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Undo ``make_folders`` after a refused write: remove those folders that are still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (another file arrived) or gone: leave it and its parents
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The file gets the mode a plain write would (the umask decides); folders this call created are removed
+    again when the write is refused, so a full disk leaves no empty run folder behind.
+    """
     path = Path(path)
+    created: list[Path] = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_folders(path.parent)
         # the writer's PID in the name lets a later write remove what a killed writer left behind
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
+        remove_folders(created)
         blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder. Choose another folder.") from exc
         raise StorageError(f"Cannot write to {path.parent} ({exc.strerror}). Choose a folder you can write to.") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), new_file_mode())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        _remove_orphans(path)
+        remove_orphans(path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
+        remove_folders(created)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             full = "is full" if exc.errno == errno.ENOSPC else "is over your quota"
             raise StorageError(f"The disk holding {path.parent} {full}. Free some space or choose another "
                                "folder.") from exc
         raise StorageError(f"Could not write {path} ({exc.strerror}). Choose a folder you can write to.") from exc
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """``atomic_write_bytes`` of ``obj`` as strict JSON: NaN and infinities (a metric with nothing to
+    measure) become ``null``, which every JSON reader accepts, where a bare ``NaN`` is not JSON."""
+    atomic_write_bytes(path, json.dumps(json_safe(obj), indent=2, allow_nan=False).encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with numpy/torch numbers as Python numbers and non-finite floats as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy or torch scalar
+        return json_safe(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)
 
 
 def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.") -> None:
@@ -89,11 +149,14 @@ def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.
         raise StorageError(f"Cannot write to {folder}: {existing} is not writable ({exc.strerror}). {fix}") from exc
 
 
-def _remove_orphans(path: Path) -> None:
-    """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut)."""
+def remove_orphans(path: Path) -> None:
+    """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut).
+
+    Temp files are ``.<name>.<pid>.<random>.tmp`` (checkpoints) or ``.tmp<ext>`` (masks: ``.tmp.nii.gz``).
+    """
     if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it signals it)
         return
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
         pid = tmp.name[len(path.name) + 2:].partition(".")[0]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue  # an older naming, or this process's own write in flight
@@ -158,9 +221,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a napari-samatch checkpoint, checking its hash when the sidecar file is there."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (last.pt to resume a run, "
+                              "model.pt to predict or evaluate).")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train a model first.")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # e.g. a colleague's file without read permission for you
+        raise CheckpointError(f"Cannot read {path} ({exc.strerror or exc}); ask its owner to let you read it "
+                              "(e.g. chmod g+r), or copy it somewhere you can.") from None
     if _sidecar(path).is_file():
         expected = recorded_hashes(path)
         if expected and sha256_bytes(data) not in expected:

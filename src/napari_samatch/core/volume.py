@@ -233,7 +233,11 @@ def as_3d(arr: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.moveaxis(arr, _check_axis(axis, 3), 0)
 
 
-def _check_axis(axis: int, ndim: int) -> int:
+def check_axis(axis: int, ndim: int) -> int:
+    """``axis`` as 0..ndim-1 (negative counts from the end); a ``DataError`` sentence when there is no such axis."""
     if not -ndim <= axis < ndim:
-        raise DataError(f"Slice axis {axis} does not exist in a {ndim}D array; use 0..{ndim - 1}.")
+        raise DataError(f"Slice axis {axis} does not exist in a {ndim}D image; use 0..{ndim - 1} (--axis).")
     return axis % ndim
+
+
+_check_axis = check_axis

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import DataError, StorageError
 from .io import array_to_nifti_affine, file_kind
+from .outputs import check_new_files, check_not_an_input
 from .volume import Volume, coerce_labels
 
 def _storage_error(path: Path, exc: OSError) -> StorageError:
@@ -33,26 +34,39 @@ def _storage_error(path: Path, exc: OSError) -> StorageError:
 
 @contextmanager
 def _atomic(targets: list[Path]) -> Iterator[list[Path]]:
-    """Yield temporary paths (same folder, same extension) that replace ``targets`` only on success."""
+    """Yield temporary paths (same folder, same extension) that replace ``targets`` only on success.
+
+    Temp files carry the writer's PID like the checkpoints' (``.NAME.<pid>.<random>.tmp.nii.gz``), so the
+    next write of a target removes what a killed writer left (``checkpoint.remove_orphans``); the files
+    written get the mode the umask gives, not ``mkstemp``'s 0600.
+    """
     for t in targets:
         blocker = next((p for p in (t.parent, *t.parent.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise StorageError(f"Cannot write '{t}': '{blocker}' is a file, not a folder; choose another folder.")
         if not t.parent.is_dir():
             raise StorageError(f"Cannot write '{t}': the folder '{t.parent}' does not exist; create it first.")
+    from .checkpoint import new_file_mode, remove_orphans  # here: reading a file must not import torch
+
     temps: list[Path] = []
     current = targets[0]
+    mode = new_file_mode()
     try:
         for t in targets:
             current = t
             ext = ".nii.gz" if t.name.lower().endswith(".nii.gz") else t.suffix
-            fd, tmp = tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=f".tmp{ext}")
-            os.close(fd)
+            fd, tmp = tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.{os.getpid()}.", suffix=f".tmp{ext}")
             temps.append(Path(tmp))
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
         yield temps
         for tmp, t in zip(temps, targets):
             current = t
             os.replace(tmp, t)
+        for t in targets:
+            remove_orphans(t)
     except OSError as exc:
         raise _storage_error(current, exc) from exc
     finally:
@@ -70,8 +84,13 @@ def _mask_array(mask: np.ndarray) -> np.ndarray:
     return arr
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = None) -> list[Path]:
+def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = None,
+               overwrite: bool = True) -> list[Path]:
     """Write ``mask`` (array order, uint8 or uint16 when > 255 classes) and return the files written.
+
+    A target that is ``like.source`` (the image the mask was made from, also through a link) is refused
+    with ``DataError``; with ``overwrite=False`` an existing target is refused with ``StorageError``.
+    Both checks run before anything is written.
 
     * ``.nii`` / ``.nii.gz``: NIfTI with ``like``'s affine (array-order convention of this module);
       without one, a diagonal affine from ``like.spacing`` (or identity).
@@ -86,16 +105,23 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = 
     spacing = tuple(like.spacing) if like is not None and like.spacing is not None else None
     kind = file_kind(path)
     is_dir_target = path.is_dir() or str(path).endswith(os.sep) or (path.suffix == "" and not path.exists())
+    source = like.source if like is not None else None
+
+    def guard(targets: list[Path]) -> None:
+        check_not_an_input(targets, {"image": source}, "choose another file name for the mask")
+        check_new_files(targets, overwrite, "choose another name, or allow replacing it (--overwrite)")
+
     if kind == "nifti":
-        return _write_nifti(path, arr, like, spacing)
+        return _write_nifti(path, arr, like, spacing, guard)
     if kind == "tiff":
-        return _write_tiff(path, arr, spacing)
+        return _write_tiff(path, arr, spacing, guard)
     if is_dir_target or path.suffix.lower() == ".png":
-        return _write_pngs(path, arr, like, is_dir_target)
+        return _write_pngs(path, arr, like, is_dir_target, guard)
     raise DataError(f"Cannot write masks as '{path.name}'; use .nii.gz, .nii, .tif, .tiff, .png or a folder.")
 
 
-def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing) -> list[Path]:
+def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing, guard) -> list[Path]:
+    guard([path])
     import nibabel as nib
 
     n = arr.ndim
@@ -115,7 +141,8 @@ def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing) -> l
     return [path]
 
 
-def _write_tiff(path: Path, arr: np.ndarray, spacing) -> list[Path]:
+def _write_tiff(path: Path, arr: np.ndarray, spacing, guard) -> list[Path]:
+    guard([path])
     import tifffile
 
     kwargs: dict = {"compression": "zlib"}
@@ -127,19 +154,11 @@ def _write_tiff(path: Path, arr: np.ndarray, spacing) -> list[Path]:
     return [path]
 
 
-def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target: bool) -> list[Path]:
+def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target: bool, guard) -> list[Path]:
     from PIL import Image
 
     slices = arr[None] if arr.ndim == 2 else arr
     if is_dir_target:
-        if not path.exists():
-            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-            if blocker is not None:
-                raise StorageError(f"Cannot write '{path}': '{blocker}' is a file, not a folder; choose another folder.")
-            try:
-                path.mkdir()
-            except OSError as exc:
-                raise _storage_error(path, exc) from exc
         stem = re.sub(r"[^\w\-. ()]+", "_", like.name) if like is not None else "mask"
         targets = [path / f"{stem}_{i:04d}.png" for i in range(len(slices))]
     elif "{" in path.name:
@@ -152,9 +171,17 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
         targets = [path]
     else:
         targets = [path.parent / f"{path.stem}_{i:04d}.png" for i in range(len(slices))]
+    guard(targets)
+    if is_dir_target and not path.exists():
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StorageError(f"Cannot write '{path}': '{blocker}' is a file, not a folder; choose another folder.")
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise _storage_error(path, exc) from exc
     with _atomic(targets) as temps:
         for tmp, sl in zip(temps, slices):
             img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
             img.save(str(tmp), format="PNG")
     return targets
-
