@@ -236,11 +236,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = Path(args.split) if Path(args.split).is_absolute() else Path(args.data) / args.split
         check_not_an_input([args.out], {"--model": model, "--data": args.data, "--split": split},
                            "choose another --out")
-        check_new_files([args.out], args.overwrite)
     unet, config = load_model(model)
     vols = read_ssl4mis_volumes(args.data, args.split)
     if args.out:
         check_not_an_input([args.out], {f"volume {v.name}": v.source for v in vols}, "choose another --out")
+        check_new_files([args.out], args.overwrite)
     result = evaluate_volumes(unet, vols, config.size, config.class_names)
     result["model"], result["split"] = str(model), args.split
     print(json.dumps(json_safe({"per_class": result["per_class"], "mean": result["mean"]}), indent=2))

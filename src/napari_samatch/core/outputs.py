@@ -34,8 +34,9 @@ def check_not_an_input(targets: Iterable[str | os.PathLike], inputs: Mapping[str
     for target in targets:
         for what, source in inputs.items():
             if source is not None and str(source) != "" and same_file(target, source):
-                link = "" if os.path.realpath(target) == os.path.abspath(target) else " (through a link)"
-                raise DataError(f"The output '{target}' is{link} the input {what} '{source}': writing it would "
+                link = "" if os.path.realpath(target) == os.path.realpath(source) and \
+                    os.path.abspath(target) == os.path.abspath(source) else " (through a link)"
+                raise DataError(f"The output '{target}' is the input {what} '{source}'{link}: writing it would "
                                 f"destroy the input, so nothing was written; {fix}.")
 
 
