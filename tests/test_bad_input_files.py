@@ -758,3 +758,32 @@ def test_an_unreadable_truncated_image_is_still_truncated(tmp_path):
 
 def test_table_size():
     assert len(table.rows) >= 50
+
+
+def test_an_ssl4mis_slice_the_user_may_not_read_is_said_so(tmp_path, monkeypatch):
+    """h5py reports a refused open as a plain OSError ('errno = 13'): still a permission sentence."""
+    import h5py
+
+    root = ssl4mis_root(tmp_path)
+    real = h5py.File
+
+    def refuse(name, *a, **kw):
+        if str(name).endswith("v_slice_1.h5"):
+            raise OSError(f"Unable to synchronously open file (unable to open file: name = '{name}', errno = 13, "
+                          "error message = 'Permission denied', flags = 0, o_flags = 0)")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(h5py, "File", refuse)
+    rc, err = cli(["train", "--ssl4mis", root, "--labeled", "2", "--out", tmp_path / "run", *TINY])()
+    assert rc == 2 and "No permission to read" in err and "v_slice_1.h5" in err and "corrupt" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_png_folder_write_leaves_no_folder(tmp_path, monkeypatch):
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(StorageError, match="disk is full"):
+        write_mask(tmp_path / "pngs", labels())
+    assert list(tmp_path.iterdir()) == []

@@ -17,6 +17,7 @@ Writes are atomic: a temporary file in the target folder is renamed over the tar
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import warnings
@@ -67,6 +68,8 @@ def _reading(path: Path, what: str) -> Iterator[None]:
     except MemoryError as exc:
         raise DataError(f"'{path}' is too large to load into memory ({exc}).") from exc
     except Exception as exc:  # noqa: BLE001 - third-party readers raise anything on corrupt input
+        if isinstance(exc, OSError) and (exc.errno in (errno.EACCES, errno.EPERM) or "errno = 13" in str(exc)):
+            raise _unreadable(path, exc) from exc  # h5py's refused open is a plain OSError
         raise DataError(
             f"Could not read '{path}' as {what}: it looks truncated or corrupt ({type(exc).__name__}: {exc}). "
             f"Supported formats: {SUPPORTED}."

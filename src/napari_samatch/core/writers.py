@@ -172,16 +172,23 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
     else:
         targets = [path.parent / f"{path.stem}_{i:04d}.png" for i in range(len(slices))]
     guard(targets)
+    created = False
     if is_dir_target and not path.exists():
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             raise StorageError(f"Cannot write '{path}': '{blocker}' is a file, not a folder; choose another folder.")
         try:
             path.mkdir()
+            created = True
         except OSError as exc:
             raise _storage_error(path, exc) from exc
-    with _atomic(targets) as temps:
-        for tmp, sl in zip(temps, slices):
-            img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
-            img.save(str(tmp), format="PNG")
+    try:
+        with _atomic(targets) as temps:
+            for tmp, sl in zip(temps, slices):
+                img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
+                img.save(str(tmp), format="PNG")
+    except StorageError:
+        if created:  # a refused write leaves no empty folder behind
+            path.rmdir()
+        raise
     return targets
