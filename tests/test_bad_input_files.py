@@ -372,6 +372,18 @@ def _(tmp):
     return cli(["predict", "--model", tmp / "empty-run", "--image", image, "--out", tmp / "p.nii.gz"])
 
 
+@case("cli-predict-out-empty", CLI, "file name is empty")
+def _(tmp):
+    image, _ = volume_files(tmp, labels())
+    return cli(["predict", "--model", model_file(tmp), "--image", image, "--out", ""])
+
+
+@case("cli-predict-image-is-a-folder", CLI, "is a folder; give an image file")
+def _(tmp):
+    (tmp / "scans").mkdir()
+    return cli(["predict", "--model", model_file(tmp), "--image", tmp / "scans", "--out", tmp / "p.nii.gz"])
+
+
 @case("core-load-checkpoint-of-a-folder", CheckpointError, "is a folder", "last.pt", "model.pt")
 def _(tmp):
     return lambda: load_checkpoint(tmp)

@@ -56,4 +56,4 @@ def run_file(path: str | Path, name: str, purpose: str) -> Path:
         return path / name
     found = sorted(p.name for p in path.glob("*.pt"))
     raise CheckpointError(f"{path} is a folder without {name}; give the file {purpose}"
-                          + (f" (it holds {', '.join(found)})." if found else ", e.g. run/model.pt."))
+                          + (f" (it holds {', '.join(found)})." if found else f", e.g. run/{name}."))

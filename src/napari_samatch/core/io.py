@@ -79,6 +79,8 @@ def _reading(path: Path, what: str) -> Iterator[None]:
 def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     kind = file_kind(path)
+    if path.is_dir():
+        raise DataError(f"'{path}' is a folder; give an image file. Supported formats: {SUPPORTED}.")
     if kind is None:
         raise DataError(f"'{path.name}' has an unsupported file type. Supported formats: {SUPPORTED}.")
     if not path.exists():

@@ -36,8 +36,8 @@ def check_not_an_input(targets: Iterable[str | os.PathLike], inputs: Mapping[str
             if source is not None and str(source) != "" and same_file(target, source):
                 link = "" if os.path.realpath(target) == os.path.realpath(source) and \
                     os.path.abspath(target) == os.path.abspath(source) else " (through a link)"
-                raise DataError(f"The output '{target}' is the input {what} '{source}'{link}: writing it would "
-                                f"destroy the input, so nothing was written; {fix}.")
+                raise DataError(f"The output '{target}' is the input {what} '{source}'{link}: writing there would "
+                                f"destroy or mix with the input, so nothing was written; {fix}.")
 
 
 def check_new_files(targets: Iterable[str | os.PathLike], overwrite: bool,

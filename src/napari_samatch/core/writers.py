@@ -98,6 +98,8 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = 
     * a folder, or a ``.png`` path: one PNG per slice, ``<stem>_0000.png``, ... (a 2D mask to ``x.png``
       writes just ``x.png``); a name with ``{}`` is a pattern filled with the slice number.
     """
+    if not str(path).strip():
+        raise DataError("The mask's file name is empty; give a file (.nii.gz, .tif, .png) or a folder.")
     path = Path(path)
     arr = _mask_array(mask)
     if like is not None and arr.shape != like.shape:
