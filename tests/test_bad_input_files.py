@@ -644,6 +644,9 @@ def test_overwrite_replaces_an_earlier_run_and_resuming_in_its_folder_needs_no_f
     assert (tmp_path / "run" / "model.pt").read_bytes() != first
     rc, err = cli([*train, "--resume", tmp_path / "run" / "last.pt", "--joint-iters", "2"])()
     assert rc == 0, err
+    rc, err = cli([*train, "--resume", tmp_path / "run", "--joint-iters", "3"])()  # the folder stands for last.pt
+    assert rc == 0, err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["joint_iters"] == 3
     # and predict: an existing mask only with --overwrite; a run folder stands for its model.pt
     predict = ["predict", "--model", tmp_path / "run", "--image", image, "--out", tmp_path / "p.tif"]
     assert cli(predict)()[0] == 0

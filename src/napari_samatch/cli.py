@@ -136,24 +136,18 @@ def _check_train_flags(args: argparse.Namespace) -> None:
 def _train_outputs(args: argparse.Namespace, out: Path) -> None:
     """Refuse an --out that is an input, and an earlier run's folder without --overwrite (before any work)."""
     from .core.checkpoint import check_writable_folder
-    from .core.outputs import check_not_an_input, check_run_folder
+    from .core.export import run_file
+    from .core.outputs import check_not_an_input, check_run_folder, same_file
 
+    resume = run_file(args.resume, "last.pt", "to resume (last.pt)") if args.resume else None
     inputs = {"--ssl4mis": args.ssl4mis, "--folder": args.folder, "--image": args.image, "--labels": args.labels,
-              "--resume": args.resume, "--config": args.config, "--sam-checkpoint": args.sam_checkpoint}
+              "--resume": resume, "--config": args.config, "--sam-checkpoint": args.sam_checkpoint}
     targets = [out] + [out / name for name in ("model.pt", "model.pt.sha256", "metrics.json")]
-    resumed_here = args.resume and Path(args.resume).name == "last.pt" and (out / "last.pt").exists() \
-        and Path(args.resume).exists() and _same(args.resume, out / "last.pt")
-    if not resumed_here:  # resuming from out/last.pt continues that run in its own folder: its purpose
-        targets += [out / "last.pt", out / "last.pt.sha256"]
+    if not (resume is not None and (out / "last.pt").exists() and same_file(resume, out / "last.pt")):
+        targets += [out / "last.pt", out / "last.pt.sha256"]  # else: a resumed run continues in its own folder
     check_not_an_input(targets, inputs, "choose another folder for --out")
     check_writable_folder(out, "Choose another folder for --out.")
-    check_run_folder(out, args.overwrite, resume=args.resume)
-
-
-def _same(a, b) -> bool:
-    from .core.outputs import same_file
-
-    return same_file(a, b)
+    check_run_folder(out, args.overwrite, resume=resume)
 
 
 def _train(args: argparse.Namespace, main: bool) -> int:
