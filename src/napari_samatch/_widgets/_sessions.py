@@ -311,9 +311,14 @@ class SessionManager(QObject):
     def export_model(self, path: str | Path) -> Path:
         from ..core.export import export_model
 
+        from ..core.outputs import check_not_an_input
+
         engine = self.ctl.engine
         if engine is None:
             raise DataError("There is no trained model to export yet. Train one first (Start).")
+        img = self.ctl.image_layer
+        source = (img.metadata.get("source") or getattr(getattr(img, "source", None), "path", None)) if img else None
+        check_not_an_input([path], {"image": source}, "choose another file name for the model")
         with engine.lock:
             return export_model(engine, path)
 

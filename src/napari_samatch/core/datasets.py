@@ -127,9 +127,10 @@ def with_classes(data: SliceSet, num_classes: int | None = None,
     top = max(found) if found else data.num_classes - 1
     wanted = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
     if wanted is not None and wanted <= top:
-        raise DataError(f"The labels hold class {top} (values {_values_text(found)}), but the settings give "
-                        f"{wanted} classes (0..{wanted - 1}); set num_classes to at least {top + 1} with one name "
-                        "per class, or leave both settings out to use what the labels hold.")
+        held = f"values {_values_text(found)}" if found else f"{data.num_classes} classes: {', '.join(data.class_names)}"
+        raise DataError(f"The labels hold class {top} ({held}), but the settings give {wanted} classes "
+                        f"(0..{wanted - 1}); set num_classes to at least {top + 1} with one name per class, or leave "
+                        "both settings out to use what the labels hold.")
     if wanted is not None:
         names = list(class_names) if class_names is not None else default_class_names(wanted)
         if wanted != data.num_classes or names != list(data.class_names):
