@@ -802,3 +802,23 @@ def test_a_refused_png_folder_write_leaves_no_folder(tmp_path, monkeypatch):
     with pytest.raises(StorageError, match="disk is full"):
         write_mask(tmp_path / "pngs", labels())
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_docks_exports_never_replace_the_image(tmp_path):
+    """The Review dock's mask export and the Train dock's model export, called as the docks call them (a stand-in
+    controller: the layers' data, metadata and napari's ``source.path``), onto the image file itself."""
+    from types import SimpleNamespace
+
+    from napari_samatch._widgets._sessions import SessionManager
+
+    image = nifti(tmp_path / "ct.nii.gz", img((32, 32, 4)))
+    before = listing(tmp_path)
+    for md, source in (({"source": str(image)}, None), ({}, SimpleNamespace(path=str(image)))):
+        layer = SimpleNamespace(metadata=md, scale=(1.0, 1.0, 1.0), name="ct", source=source)
+        ctl = SimpleNamespace(image_layer=layer, labels_layer=SimpleNamespace(data=labels()), engine=object())
+        manager = SimpleNamespace(ctl=ctl)
+        with pytest.raises(DataError, match="is the input image"):
+            SessionManager.export_masks(manager, image, which="user")
+        with pytest.raises(DataError, match="is the input image"):
+            SessionManager.export_model(manager, image)
+    assert listing(tmp_path) == before
