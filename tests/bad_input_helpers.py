@@ -166,3 +166,48 @@ def cli(argv: list) -> Callable[[], tuple[int, str]]:
 TINY = ["--method", "supervised", "--warmup-iters", "0", "--sam-iters", "0", "--joint-iters", "1", "--size", "32",
         "--device", "cpu", "--batch-labeled", "1", "--batch-unlabeled", "1", "--eval-every", "0", "--threads", "1",
         "--quiet"]  # a training run of one step, for rows that must get past the checks
+
+
+# ------------------------------------------------------------------------------------------ folders
+def ssl4mis_root(tmp: Path, classes: int = 2, slices: int = 3, volumes: int = 1) -> Path:
+    """A tiny SSL4MIS-layout folder: ``train_slices.list`` of 2D slices and ``val.list`` of 3D volumes."""
+    root = tmp / "acdc"
+    (root / "data" / "slices").mkdir(parents=True)
+    ids = []
+    for i in range(slices):
+        lab = labels((1, 32, 32), value=classes - 1, slices=(0,))[0]
+        lab[2:6, 2:6] = 1
+        h5(root / "data" / "slices" / f"v_slice_{i}.h5", image=img((32, 32), seed=i), label=lab)
+        ids.append(f"v_slice_{i}")
+    (root / "train_slices.list").write_text("\n".join(ids) + "\n")
+    vids = []
+    for v in range(volumes):
+        lab = labels((3, 32, 32), value=classes - 1, slices=(0, 1, 2))
+        lab[:, 2:6, 2:6] = 1
+        h5(root / "data" / f"vol{v}.h5", image=img((3, 32, 32), seed=10 + v), label=lab)
+        vids.append(f"vol{v}")
+    (root / "val.list").write_text("\n".join(vids) + "\n")
+    return root
+
+
+def image_folder(tmp: Path, empty_masks: bool = False, constant: bool = False) -> Path:
+    """A BUSI-layout folder: two 2D images with ``*_mask.png`` masks."""
+    root = tmp / "busi"
+    root.mkdir()
+    for i in range(2):
+        pixels = np.zeros((32, 32), np.uint8) if constant else (img((32, 32), seed=i) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"case ({i}).png")
+        mask = np.zeros((32, 32), np.uint8)
+        if not empty_masks:
+            mask[8:20, 8:20] = 255
+        Image.fromarray(mask).save(root / f"case ({i})_mask.png")
+    return root
+
+
+def run_folder(tmp: Path, name: str = "run") -> Path:
+    """A folder as ``train --out`` leaves it: model.pt (+ sidecar) and metrics.json."""
+    folder = tmp / name
+    folder.mkdir()
+    model_file(folder)
+    (folder / "metrics.json").write_text("{}")
+    return folder
