@@ -123,21 +123,15 @@ def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarra
                        key=lambda f: natural_key(f.name))
         if not files:
             raise DataError(f"Folder '{p}' holds no .png mask slices.")
-        slices = [read_label(f) for f in files]
+        slices = [_read_mask_file(f)[0] for f in files]
         if len({s.shape for s in slices}) != 1:
             raise DataError(f"The mask slices in '{p}' have different sizes; they cannot form one volume.")
-        labels = np.stack(slices)
+        labels = binary_as_foreground(np.stack(slices), f"folder '{p.name}'")  # one rule (and line) for all
         if like is not None and like.ndim == 2 and labels.shape[0] == 1:
             labels = labels[0]
     else:
-        p, kind = _check_file(p)
-        with _reading(p, f"a mask ({_KIND_NAMES[kind]})"):
-            arr, h5_labels, spacing, affine, _ = _READERS[kind](p, True)
-        if kind == "h5":
-            if h5_labels is None:
-                raise DataError(f"'{p}' has no 'label' dataset; it holds no mask.")
-            arr = h5_labels
-        labels = binary_as_foreground(coerce_labels(arr, f"mask in '{p.name}'"), f"'{p.name}'")
+        labels, spacing, affine = _read_mask_file(p)
+        labels = binary_as_foreground(labels, f"'{p.name}'")
         if like is not None and labels.shape == like.shape:
             _check_same_grid(p.name, spacing, affine, like)
     if like is not None and labels.shape != like.shape:
@@ -146,6 +140,18 @@ def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarra
             "pick the mask that belongs to this image."
         )
     return labels
+
+
+def _read_mask_file(path: Path) -> tuple[np.ndarray, tuple | None, np.ndarray | None]:
+    """One mask file as class numbers (``coerce_labels``), with its spacing and affine when it has them."""
+    p, kind = _check_file(path)
+    with _reading(p, f"a mask ({_KIND_NAMES[kind]})"):
+        arr, h5_labels, spacing, affine, _ = _READERS[kind](p, True)
+    if kind == "h5":
+        if h5_labels is None:
+            raise DataError(f"'{p}' has no 'label' dataset; it holds no mask.")
+        arr = h5_labels
+    return coerce_labels(arr, f"mask in '{p.name}'"), spacing, affine
 
 
 def binary_as_foreground(labels: np.ndarray, who: str) -> np.ndarray:
