@@ -364,6 +364,13 @@ def _(tmp):
     return cli(["train", "--folder", image_folder(tmp), "--axis", "1", "--out", tmp / "run", *TINY])
 
 
+@case("cli-train-checkpoint-dir-setting", CLI, "checkpoint_dir is --out", "give --out instead")
+def _(tmp):
+    image, lab = volume_files(tmp, labels())
+    return cli(["train", "--image", image, "--labels", lab, "--set", f"checkpoint_dir={tmp / 'ck'}", "--out",
+                tmp / "run", *TINY])
+
+
 @case("cli-train-folder-all-masks-empty", CLI, "All 2 masks", "are empty", "nothing to learn")
 def _(tmp):
     return cli(["train", "--folder", image_folder(tmp, empty_masks=True), "--out", tmp / "run", *TINY])

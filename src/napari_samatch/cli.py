@@ -127,6 +127,9 @@ def _check_train_flags(args: argparse.Namespace) -> None:
                            "--labels FILE, or --folder DIR.")
     if not sources:
         raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
+    if "checkpoint_dir" in _overrides(args):
+        raise SamatchError("checkpoint_dir is --out on the command line (the run's checkpoints, model.pt and "
+                           "metrics.json go there); give --out instead.")
     for flag, used, needs in (("--labels", args.labels, "--image"), ("--axis", args.axis, "--image"),
                               ("--limit", args.limit, "--ssl4mis"), ("--lazy", args.lazy, "--ssl4mis")):
         if used is not None and needs not in sources:
