@@ -14,7 +14,9 @@ from typing import Any, Callable
 STAGE = "stage"            # a stage starts: data = {"stage", "iters"}
 PROGRESS = "progress"      # after each step: data = {"losses": {...}, "lr", "step_s"}
 METRICS = "metrics"        # validation / pseudo-label quality: data = {"val_dice": {...}, ...}
-PSEUDO_LABELS = "pseudo_labels"  # previews (and the interpolation at a run's start): data = {"indices", "prompts", "raw", "refined", "confidence", "slice_confidence"}
+# previews (and the interpolation at a run's start):
+# data = {"indices", "prompts", "raw", "refined", "confidence", "slice_confidence"}
+PSEUDO_LABELS = "pseudo_labels"
 CHECKPOINT = "checkpoint"  # a checkpoint was written: data = {"path"}
 LOG = "log"                # a line for the user
 PAUSED = "paused"
