@@ -6,126 +6,45 @@ one ``napari-samatch: ...`` line on stderr, no traceback), that the message name
 fix (key words), and that the folder holds exactly what it held before the action: no half-written
 output, no temp file left behind.
 
-Every row passes; rows that once failed were fixed in the module where the input enters.
+Every row passes; rows that once failed were fixed in the module where the input enters. The row machinery
+and the small input files are shared with ``test_bad_input_files.py`` (``bad_input_helpers.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
-from typing import Callable
 
-import h5py
-import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
 import torch
-from PIL import Image
 
+from bad_input_helpers import CLI, Table, check_row
+from bad_input_helpers import cli as _cli
+from bad_input_helpers import config as _config
+from bad_input_helpers import h5 as _h5
+from bad_input_helpers import img as _img
+from bad_input_helpers import labels as _labels
+from bad_input_helpers import model_file as _model_file
+from bad_input_helpers import nifti as _nifti
+from bad_input_helpers import slice_set as _slice_set
+from bad_input_helpers import truncated as _truncated
+from bad_input_helpers import volume_files as _volume_files
 from napari_samatch._reader import read_layers
 from napari_samatch._writer import write_labels
-from napari_samatch.cli import main
 from napari_samatch.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_samatch.core.config import RunConfig, from_dict, load_config
+from napari_samatch.core.config import from_dict, load_config
 from napari_samatch.core.data import datasets
 from napari_samatch.core.data.io import read_label, read_volume
 from napari_samatch.core.data.session import SessionState, load_session, save_session
 from napari_samatch.core.data.slices import SliceSet
 from napari_samatch.core.data.volume import Volume, to_single_channel
 from napari_samatch.core.engine.export import load_model
-from napari_samatch.core.errors import CheckpointError, ConfigError, DataError, SamatchError, StorageError
+from napari_samatch.core.errors import CheckpointError, ConfigError, DataError, StorageError
 from napari_samatch.core.match.unet import UNet
 
-torch.set_num_threads(1)
-CLI = "cli"  # expected "error" of rows that run napari_samatch.cli.main
-CASES: list = []
-
-
-def case(id: str, error, *words: str, xfail: str | None = None):
-    """Register a row: ``error`` is the expected exception class (or CLI), ``words`` must all be in the message."""
-    def deco(make: Callable[[Path], Callable[[], object]]):
-        marks = [pytest.mark.xfail(reason=xfail, strict=True)] if xfail else []
-        CASES.append(pytest.param(make, error, words, id=id, marks=marks))
-        return make
-    return deco
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def _img(shape=(4, 32, 32), seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).random(shape).astype(np.float32)
-
-
-def _labels(shape=(4, 32, 32), value=1, slices=(1,)) -> np.ndarray:
-    lab = np.zeros(shape, np.uint8)
-    for z in slices:
-        lab[z, 8:20, 10:22] = value
-    return lab
-
-
-def _nifti(path: Path, arr: np.ndarray) -> Path:
-    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
-    return path
-
-
-def _h5(path: Path, **datasets_) -> Path:
-    with h5py.File(path, "w") as f:
-        for k, v in datasets_.items():
-            f[k] = v
-    return path
-
-
-def _truncated(path: Path) -> Path:
-    img = _img((4, 16, 16))
-    name = path.name
-    if name.endswith((".nii", ".nii.gz")):
-        _nifti(path, img)
-    elif name.endswith(".tif"):
-        tifffile.imwrite(path, img)
-    elif name.endswith(".h5"):
-        _h5(path, image=img)
-    else:
-        Image.fromarray((img[0] * 255).astype(np.uint8)).save(path)
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) // 2])
-    return path
-
-
-def _volume_files(tmp: Path, lab: np.ndarray) -> tuple[Path, Path]:
-    img = tmp / "img.tif"
-    tifffile.imwrite(img, _img(lab.shape))
-    labels = tmp / "labels.tif"
-    tifffile.imwrite(labels, lab)
-    return img, labels
-
-
-def _config(num_classes=2, **kw) -> RunConfig:
-    base = dict(method="supervised", warmup_iters=0, sam_iters=0, joint_iters=2, size=32, batch_labeled=1,
-                batch_unlabeled=1, eval_every=0, checkpoint_every=0, device="cpu", num_classes=num_classes,
-                class_names=["background"] + [f"c{i}" for i in range(1, num_classes)])
-    return RunConfig(**{**base, **kw})
-
-
-def _model_file(tmp: Path, config_classes=2, unet_classes=2) -> Path:
-    """An exported model (the shape ``export_model`` writes), optionally with a mismatched UNet."""
-    path = tmp / "model.pt"
-    save_checkpoint(path, {"kind": "model", "config": _config(config_classes).to_dict(),
-                           "unet": UNet(1, unet_classes).state_dict(), "best": {}, "history": []})
-    return path
-
-
-def _slice_set(num_classes=2) -> SliceSet:
-    return SliceSet.from_volume(Volume(_img(), _labels(), name="v"), num_classes=num_classes)
-
-
-def _cli(argv: list[str]) -> Callable[[], tuple[int, str]]:
-    def run() -> tuple[int, str]:
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            rc = main([str(a) for a in argv])
-        return rc, err.getvalue()
-    return run
+_table = Table()
+CASES, case = _table.rows, _table.case
 
 
 # ------------------------------------------------------------------------------------------ readers
@@ -513,29 +432,9 @@ def _(tmp):
 
 
 # ------------------------------------------------------------------------------------------ the test
-def _listing(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): (p.stat().st_size if p.is_file() else -1) for p in folder.rglob("*")}
-
-
 @pytest.mark.parametrize("make,error,words", CASES)
 def test_bad_input(tmp_path: Path, make, error, words) -> None:
-    action = make(tmp_path)
-    before = _listing(tmp_path)
-    if error == CLI:
-        rc, err = action()
-        assert rc == 2, err
-        assert "Traceback" not in err
-        message = err.strip().splitlines()[-1]
-        assert message.startswith("napari-samatch: "), err
-    else:
-        with pytest.raises(error) as info:
-            action()
-        assert isinstance(info.value, SamatchError)
-        message = str(info.value)
-    for word in words:
-        assert word.lower() in message.lower(), message
-    assert "\n" not in message and len(message) < 1200, message
-    assert _listing(tmp_path) == before, "the failed action left files behind"
+    check_row(tmp_path, make, error, words)
 
 
 def test_table_size() -> None:

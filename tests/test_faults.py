@@ -226,7 +226,7 @@ def test_a_disk_still_full_at_the_end_is_an_error_and_the_previous_checkpoint_st
 def test_cli_prints_the_disk_warning(capsys):
     printer = console.progress_printer()
     printer(ev.Event(ev.LOG, message="Checkpoint of iteration 4 not saved ...", data={"level": "warning"}))
-    assert "warning: Checkpoint of iteration 4 not saved ..." in capsys.readouterr().out
+    assert "warning: Checkpoint of iteration 4 not saved ..." in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ a missing GPU at resume

@@ -27,6 +27,7 @@ def write_labels(path: str, data: Any, meta: dict | None) -> list[str]:
         spacing=spacing,
         affine=affine,
         name=str(meta.get("name") or "labels"),
+        source=md.get("source"),  # the image this came from: never written over (core.data.outputs)
         metadata={k: md[k] for k in ("nifti_codes",) if k in md},
     )
     return [str(p) for p in write_mask(path, arr, like=like)]

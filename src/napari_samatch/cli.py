@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from .console import progress_printer
-from .core.errors import SamatchError
+from .console import progress_printer, show_warning
+from .core.errors import DataWarning, SamatchError
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -34,19 +35,26 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+CLASS_KEYS = ("num_classes", "class_names")
+
+
 def _config(args: argparse.Namespace):
-    from .core.config import load_config, preset
+    """The run's settings, and the class settings the user gave (``--set`` or ``--config``; not the preset's)."""
+    from .core.config import load_config, preset, read_config_file
 
     overrides = _overrides(args)
+    given = dict(read_config_file(args.config)) if getattr(args, "config", None) else {}
+    given.update(overrides)
+    classes = {k: given[k] for k in CLASS_KEYS if k in given}
     if getattr(args, "config", None):
-        return load_config(args.config, preset=args.preset, **overrides)
-    return preset(args.preset, **overrides)
+        return load_config(args.config, preset=args.preset, **overrides), classes
+    return preset(args.preset, **overrides), classes
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from .core.checkpoint import atomic_write_bytes
+    from .core.checkpoint import atomic_write_json
 
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=float).encode())
+    atomic_write_json(path, obj)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -61,29 +69,67 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.cleanup()
 
 
-def _train(args: argparse.Namespace, main: bool) -> int:
+def _check_train_flags(args: argparse.Namespace) -> None:
+    """Contradictory or idle flags are refused: a flag that is silently ignored is a wrong result later."""
+    sources = [f for f, v in (("--ssl4mis", args.ssl4mis), ("--folder", args.folder), ("--image", args.image)) if v]
+    if len(sources) > 1:
+        raise SamatchError(f"Give one data source, not {' and '.join(sources)}: --ssl4mis DIR, --image FILE "
+                           "--labels FILE, or --folder DIR.")
+    if not sources:
+        raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
+    if "checkpoint_dir" in _overrides(args):
+        raise SamatchError("checkpoint_dir is --out on the command line (the run's checkpoints, model.pt and "
+                           "metrics.json go there); give --out instead.")
+    for flag, used, needs in (("--labels", args.labels, "--image"), ("--axis", args.axis, "--image"),
+                              ("--limit", args.limit, "--ssl4mis"), ("--lazy", args.lazy, "--ssl4mis")):
+        if used is not None and needs not in sources:
+            raise SamatchError(f"{flag} applies only with {needs}, not with {sources[0]}; leave it out or use {needs}.")
+
+
+def _train_outputs(args: argparse.Namespace, out: Path) -> None:
+    """Refuse an --out that is an input, and an earlier run's folder without --overwrite (before any work)."""
     from .core.checkpoint import check_writable_folder
+    from .core.data.outputs import check_not_an_input, check_run_folder, same_file
+    from .core.engine.export import run_file
+
+    resume = run_file(args.resume, "last.pt", "to resume (last.pt)") if args.resume else None
+    inputs = {"--ssl4mis": args.ssl4mis, "--folder": args.folder, "--image": args.image, "--labels": args.labels,
+              "--resume": resume, "--config": args.config, "--sam-checkpoint": args.sam_checkpoint}
+    targets = [out] + [out / name for name in ("model.pt", "model.pt.sha256", "metrics.json")]
+    if not (resume is not None and (out / "last.pt").exists() and same_file(resume, out / "last.pt")):
+        targets += [out / "last.pt", out / "last.pt.sha256"]  # else: a resumed run continues in its own folder
+    check_not_an_input(targets, inputs, "choose another folder for --out")
+    check_writable_folder(out, "Choose another folder for --out.")
+    check_run_folder(out, args.overwrite, resume=resume)
+
+
+def _train(args: argparse.Namespace, main: bool) -> int:
     from .core.data import datasets
     from .core.engine import distributed
     from .core.engine.engine import Engine
     from .core.engine.export import export_model
 
     out = Path(args.out)
+    _check_train_flags(args)
     if main:  # before the data and the models load: a bad --out must not cost a run
-        check_writable_folder(out, "Choose another folder for --out.")
+        _train_outputs(args, out)
+    config, classes = _config(args)
     if args.ssl4mis:
         # --lazy / --no-lazy; neither: lazy when the slices would not fit data_budget_mb (docs/cluster.md)
         data, val = datasets.ssl4mis(args.ssl4mis, labeled=args.labeled, limit=args.limit, lazy=args.lazy,
-                                     budget_mb=_config(args).data_budget_mb)
+                                     budget_mb=config.data_budget_mb)
     elif args.folder:
         data, _ = datasets.image_folder(args.folder, labeled=args.labeled)
         val = None
-    elif args.image:
-        data, _ = datasets.volume_with_labels(args.image, args.labels, axis=args.axis)
-        val = None
     else:
-        raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
-    config = _config(args).replace(num_classes=data.num_classes, class_names=list(data.class_names))
+        data, _ = datasets.volume_with_labels(args.image, args.labels, axis=args.axis or 0)
+        val = None
+    # the user's num_classes / class_names are honoured or refused against what the labels hold, never replaced
+    data, found = datasets.with_classes(data, config.num_classes if classes else None,
+                                        config.class_names if "class_names" in classes else None)
+    if val is not None and val.num_classes == data.num_classes:
+        val.class_names = list(data.class_names)
+    config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
     if args.resume:  # flags given here (--device cpu, a smaller --batch-labeled) override the checkpoint's
         engine = Engine.from_checkpoint(args.resume, data, val=val, **_overrides(args))
     else:
@@ -94,6 +140,8 @@ def _train(args: argparse.Namespace, main: bool) -> int:
     if main:
         print(f"{len(data.labeled_indices())} labeled and {len(data.unlabeled_indices())} unlabeled slices; "
               f"method {engine.config.method}; device {engine.device}{ranks}", file=sys.stderr)
+        if not args.quiet:
+            print(found, file=sys.stderr)
     t0 = time.perf_counter()
     summary = engine.run(progress_printer(args.quiet), checkpoint_dir=out)
     summary["wall_s"] = time.perf_counter() - t0
@@ -108,37 +156,58 @@ def _train(args: argparse.Namespace, main: bool) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.data.io import read_volume
+    from .core.data.outputs import check_new_files, check_not_an_input
     from .core.data.writers import write_mask
-    from .core.engine.export import load_model
+    from .core.engine.export import load_model, run_file
     from .core.match.inference import predict_volume
 
-    unet, config = load_model(args.model)
+    model = run_file(args.model, "model.pt", "to predict with")
+    check_not_an_input([args.out], {"--model": model, "--image": args.image}, "choose another --out")
+    check_new_files([args.out], args.overwrite)
+    unet, config = load_model(model)
     vol = read_volume(args.image)
     vol.validate()
     pred = predict_volume(unet, vol.image, config.size, axis=args.axis)
-    write_mask(args.out, pred, like=vol)
-    print(f"Mask written to {args.out}")
+    written = write_mask(args.out, pred, like=vol, overwrite=args.overwrite)
+    print(f"Mask written to {args.out}" + (f" ({len(written)} files)" if len(written) > 1 else ""))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .core.checkpoint import json_safe
     from .core.data.io import read_ssl4mis_volumes
-    from .core.engine.export import load_model
+    from .core.data.outputs import check_new_files, check_not_an_input
+    from .core.engine.export import load_model, run_file
     from .core.evaluation.evaluate import evaluate_volumes
 
-    unet, config = load_model(args.model)
+    model = run_file(args.model, "model.pt", "to evaluate")
+    if args.out:
+        split = Path(args.split) if Path(args.split).is_absolute() else Path(args.data) / args.split
+        check_not_an_input([args.out], {"--model": model, "--data": args.data, "--split": split},
+                           "choose another --out")
+    unet, config = load_model(model)
     vols = read_ssl4mis_volumes(args.data, args.split)
+    if args.out:
+        check_not_an_input([args.out], {f"volume {v.name}": v.source for v in vols}, "choose another --out")
+        check_new_files([args.out], args.overwrite)
     result = evaluate_volumes(unet, vols, config.size, config.class_names)
-    result["model"], result["split"] = str(args.model), args.split
-    print(json.dumps({"per_class": result["per_class"], "mean": result["mean"]}, indent=2, default=float))
+    result["model"], result["split"] = str(model), args.split
+    print(json.dumps(json_safe({"per_class": result["per_class"], "mean": result["mean"]}), indent=2))
     if args.out:
         _write_json(Path(args.out), result)
     return 0
 
 
+DEMO_FILES = ("model.pt", "demo.json", "phantom_mask.nii.gz", "phantom_mask.tif", "checkpoints")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .core.checkpoint import check_writable_folder
+    from .core.data.outputs import check_run_folder
     from .demo import run_demo
 
+    check_writable_folder(args.out, "Choose another folder for --out.")
+    check_run_folder(args.out, args.overwrite, files=DEMO_FILES)
     run_demo(Path(args.out), device=args.device or "auto", quiet=args.quiet, fast=args.fast)
     return 0
 
@@ -176,18 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "they would not fit data_budget_mb)")
     t.add_argument("--image", help="a volume (NIfTI, TIFF, h5) in which a few slices are labeled")
     t.add_argument("--labels", help="the label file for --image")
-    t.add_argument("--axis", type=int, default=0, help="slice axis of --image")
+    t.add_argument("--axis", type=int, help="slice axis of --image (default 0)")
     t.add_argument("--folder", help="a folder of 2D images with *_mask*.png masks (BUSI layout)")
     t.add_argument("--resume", help="a last.pt checkpoint to continue from")
     t.add_argument("--out", default="samatch-run", help="output folder (checkpoints, model.pt, metrics.json)")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
     schedule_flags(t)
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="segment a volume with a trained model")
     pr.add_argument("--model", required=True)
     pr.add_argument("--image", required=True)
-    pr.add_argument("--axis", type=int, default=0)
+    pr.add_argument("--axis", type=int, default=0, help="slice axis (default 0)")
     pr.add_argument("--out", required=True, help="mask file: .nii.gz, .tif, or a folder for PNGs")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="score a trained model on an SSL4MIS-layout folder")
@@ -195,10 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="SSL4MIS-layout folder, e.g. .../ACDC")
     e.add_argument("--split", default="val.list", help="list file of volumes (val.list, test.list, ...)")
     e.add_argument("--out", help="write the full metrics JSON here")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="SAM-Match on the bundled synthetic volume, on the CPU in minutes")
     d.add_argument("--out", default="samatch-demo")
+    d.add_argument("--overwrite", action="store_true", help="replace an earlier demo's results in --out")
     d.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     d.add_argument("--fast", action="store_true", help="a much shorter schedule (for tests)")
     d.add_argument("--quiet", action="store_true")
@@ -209,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            warnings.simplefilter("always", DataWarning)
+            return args.func(args)
     except SamatchError as exc:
         print(f"napari-samatch: {exc}", file=sys.stderr)
         return 2

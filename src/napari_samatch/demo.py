@@ -7,7 +7,6 @@ model's prediction.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from .console import progress_printer
-from .core.checkpoint import atomic_write_bytes
+from .core.checkpoint import atomic_write_json
 from .core.config import preset
 from .core.data.datasets import phantom
 from .core.data.writers import write_mask
@@ -66,7 +65,7 @@ def run_demo(out: Path, device: str = "auto", quiet: bool = False, fast: bool = 
     write_mask(out / "phantom_mask.nii.gz", final, like=vol)
     write_mask(out / "phantom_mask.tif", final, like=vol)
     export_model(engine, out / "model.pt")
-    atomic_write_bytes(out / "demo.json", json.dumps(result, indent=2).encode())
+    atomic_write_json(out / "demo.json", result)  # strict JSON: a NaN Dice is null
     print("Mean Dice on the unlabeled slices (RV, Myo, LV):")
     print(f"  Match model, raw pseudo-labels : {result['pseudo_raw_dice']:.3f}")
     print(f"  SAM-refined pseudo-labels      : {result['pseudo_refined_dice']:.3f}")

@@ -303,15 +303,20 @@ class SessionManager(QObject):
         like = Volume(np.broadcast_to(np.float32(0), arr.shape), spacing=tuple(spacing) if spacing else None,
                       affine=np.asarray(md["affine"]) if md.get("affine") is not None else None,
                       name=img.name if img is not None else "mask",
+                      source=md.get("source") or getattr(getattr(img, "source", None), "path", None),
                       metadata={k: md[k] for k in ("nifti_codes",) if k in md})
         return write_mask(path, arr, like=like)
 
     def export_model(self, path: str | Path) -> Path:
+        from ..core.data.outputs import check_not_an_input
         from ..core.engine.export import export_model
 
         engine = self.ctl.engine
         if engine is None:
             raise DataError("There is no trained model to export yet. Train one first (Start).")
+        img = self.ctl.image_layer
+        source = (img.metadata.get("source") or getattr(getattr(img, "source", None), "path", None)) if img else None
+        check_not_an_input([path], {"image": source}, "choose another file name for the model")
         with engine.lock:
             return export_model(engine, path)
 

@@ -17,6 +17,8 @@ import errno
 import glob
 import hashlib
 import io
+import json
+import math
 import os
 import pickle
 import re
@@ -46,6 +48,33 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the umask (``mkstemp`` would force 0o600)."""
+    try:  # Linux says it without changing it (os.umask is process-wide and races other threads)
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _created_folders(folder: Path) -> list[Path]:
+    """``folder.mkdir(parents=True)`` returning the folders it created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Undo ``_created_folders`` after a refused write: remove those folders that are still empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty (another file arrived) or gone: leave it and its parents
+
+
 def disk_full(exc: BaseException | None) -> bool:
     """True when ``exc`` is the operating system saying the disk (or the user's quota) is full."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -70,8 +99,10 @@ def atomic_paths(targets: Sequence[str | Path], make_folders: bool = True,
 
     Temporary files end in ``.tmp``, or with ``keep_extension`` in ``.tmp`` plus the target's extension (for
     writers that choose the format by the name); all are flushed to disk (fsync) before the first rename. On
-    any error the temporary files are removed and the targets stay as they were; an ``OSError`` becomes a
-    :class:`StorageError` sentence.
+    any error the temporary files are removed, the targets stay as they were and folders this call created
+    are removed again (a full disk leaves no empty run folder); an ``OSError`` becomes a
+    :class:`StorageError` sentence. The files get the mode a plain write would (the umask decides, not
+    ``mkstemp``'s 0600), and each write removes the temporary files a killed writer left beside its target.
     ``make_folders=False`` refuses a missing folder instead of creating it (a user's export target).
     """
     targets = [Path(t) for t in targets]
@@ -82,16 +113,22 @@ def atomic_paths(targets: Sequence[str | Path], make_folders: bool = True,
         if not make_folders and not t.parent.is_dir():
             raise StorageError(f"Cannot write {t}: the folder {t.parent} does not exist; create it first.")
     temps: list[Path] = []
+    created: list[Path] = []
     current = targets[0]
+    done = False
     try:
+        mode = new_file_mode()
         for t in targets:
             current = t
-            t.parent.mkdir(parents=True, exist_ok=True)
+            created += _created_folders(t.parent)
             ext = (".nii.gz" if t.name.lower().endswith(".nii.gz") else t.suffix) if keep_extension else ""
             # the writer's PID in the name lets a later write remove what a killed writer left behind
             fd, tmp = tempfile.mkstemp(prefix=f".{t.name}.{os.getpid()}.", suffix=f".tmp{ext}", dir=t.parent)
-            os.close(fd)
             temps.append(Path(tmp))
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
         yield temps
         for tmp, t in zip(temps, targets):
             current = t
@@ -99,6 +136,7 @@ def atomic_paths(targets: Sequence[str | Path], make_folders: bool = True,
         for tmp, t in zip(temps, targets):
             current = t
             os.replace(tmp, t)
+        done = True
         for folder in dict.fromkeys(t.parent for t in targets):
             _fsync_dir(folder)
         for t in targets:
@@ -108,12 +146,37 @@ def atomic_paths(targets: Sequence[str | Path], make_folders: bool = True,
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+        if not done:
+            _remove_empty(created)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
     with atomic_paths([path]) as (tmp,):
         tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """``atomic_write_bytes`` of ``obj`` as strict JSON: NaN and infinities (a metric with nothing to
+    measure) become ``null``, which every JSON reader accepts, where a bare ``NaN`` is not JSON."""
+    atomic_write_bytes(path, json.dumps(json_safe(obj), indent=2, allow_nan=False).encode())
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with numpy/torch numbers as Python numbers and non-finite floats as ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if hasattr(obj, "item") and getattr(obj, "ndim", 0) == 0:  # numpy or torch scalar
+        return json_safe(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return str(obj)
 
 
 def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.") -> None:
@@ -137,7 +200,10 @@ def check_writable_folder(folder: str | Path, fix: str = "Choose another folder.
 
 
 def _remove_orphans(path: Path) -> None:
-    """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut)."""
+    """Delete temp files of ``path`` whose writer process is gone (killed mid-write, e.g. by a power cut).
+
+    Temp files are ``.<name>.<pid>.<random>.tmp`` (checkpoints) or ``.tmp<ext>`` (masks: ``.tmp.nii.gz``).
+    """
     if os.name != "posix":  # os.kill(pid, 0) probes a process only on POSIX (on Windows it signals it)
         return
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
@@ -210,9 +276,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a napari-samatch checkpoint, checking its hash when the sidecar file is there."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it (last.pt to resume a run, "
+                              "model.pt to predict or evaluate).")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist. Check the path, or train a model first.")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # e.g. a colleague's file without read permission for you
+        raise CheckpointError(f"Cannot read {path} ({exc.strerror or exc}); ask its owner to let you read it "
+                              "(e.g. chmod g+r), or copy it somewhere you can.") from None
     if _sidecar(path).is_file():
         expected = recorded_hashes(path)
         if expected and sha256_bytes(data) not in expected:

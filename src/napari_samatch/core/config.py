@@ -18,6 +18,7 @@ from .errors import ConfigError
 METHODS = ("supervised", "unimatch", "samatch")
 SAM_MODES = ("decoder", "full")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MAX_CLASSES = 64  # background included
 
 
 @dataclass
@@ -147,10 +148,12 @@ class RunConfig:
         need(self.cache_budget_mb >= 0, "cache_budget_mb", "use a size in MB >= 0")
         need(self.data_budget_mb >= 0, "data_budget_mb", "use a size in MB >= 0")
         need(self.device in DEVICES, "device", f"choose one of {', '.join(DEVICES)}")
-        need(self.threads >= 0, "threads", "use 0 (all cores) or a positive count")
+        need(0 <= self.seed < 2**63, "seed", "use a whole number from 0 to 2**63 - 1")
+        need(self.size <= 4096, "size", "use a frame of at most 4096 pixels (256 is the paper's)")
+        need(0 <= self.threads <= 4096, "threads", "use 0 (all cores) or a positive count")
         need(self.eval_every >= 0, "eval_every", "use 0 (never) or a positive count")
         need(self.checkpoint_every >= 0, "checkpoint_every", "use 0 (only at the end) or a positive count")
-        need(2 <= self.num_classes <= 64, "num_classes", "use 2..64 classes, background included")
+        need(2 <= self.num_classes <= MAX_CLASSES, "num_classes", f"use 2..{MAX_CLASSES} classes, background included")
         need(len(self.class_names) == self.num_classes, "class_names",
              f"give one name per class ({self.num_classes} names, background first)")
 
@@ -181,6 +184,13 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
 
 def load_config(path: str | Path, preset: str | None = None, **overrides: Any) -> RunConfig:
     """Read a JSON or TOML config file, on top of an optional preset, then apply overrides."""
+    values = read_config_file(path)
+    base = PRESETS[preset].to_dict() if preset else {}
+    return from_dict(_with_user_classes(base, {**values, **overrides}))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The settings a JSON or TOML file gives (not yet checked against ``RunConfig``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist. Give the path of a .json or .toml file.")
@@ -189,16 +199,29 @@ def load_config(path: str | Path, preset: str | None = None, **overrides: Any) -
         values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(f"Config file {path} could not be parsed ({exc}). Fix its syntax.") from exc
+    except OSError as exc:
+        raise ConfigError(f"Config file {path} cannot be read ({exc.strerror or exc}); check its permissions.") from exc
     if not isinstance(values, dict):
         raise ConfigError(f"Config file {path} must hold a table of settings, not {type(values).__name__}.")
-    base = PRESETS[preset].to_dict() if preset else {}
-    return from_dict({**base, **values, **overrides})
+    return values
+
+
+def _with_user_classes(base: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """``{**base, **user}`` where a class list the user gives sets the count and a count sets default names:
+    a preset's 4 ACDC classes must not refuse 3 names that are right for the user's data."""
+    merged = {**base, **user}
+    names, count = user.get("class_names"), user.get("num_classes")
+    if isinstance(names, list) and "num_classes" not in user:
+        merged["num_classes"] = len(names)
+    elif isinstance(count, int) and not isinstance(count, bool) and "class_names" not in user and count >= 1:
+        merged["class_names"] = ["background"] + [f"class {c}" for c in range(1, count)]
+    return merged
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset '{name}'. Choose one of {', '.join(PRESETS)}.")
-    return from_dict({**PRESETS[name].to_dict(), **overrides})
+    return from_dict(_with_user_classes(PRESETS[name].to_dict(), overrides))
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -30,3 +30,8 @@ class StorageError(SamatchError, OSError):
 
 class ResourceError(SamatchError):
     """The machine ran out of something a run needs (device or host memory)."""
+
+
+class DataWarning(UserWarning):
+    """The data was used, but not quite as given (e.g. a 0/255 mask read as 0/1): the CLI prints it even
+    with ``--quiet``."""

@@ -12,12 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..config import MAX_CLASSES
+from ..errors import ConfigError, DataError
 from .io import read_image_folder, read_label, read_ssl4mis_slices, read_ssl4mis_volumes, read_volume
 from .lazy import nifti_slices, ssl4mis_footprint_mb, ssl4mis_volume_slices
 from .lazy import ssl4mis_slices as lazy_ssl4mis_slices
 from .sample import make_cardiac_phantom, sample_labeled_slices
-from .slices import ACDC_CLASS_NAMES, SliceSet, normalise_slice
+from .slices import ACDC_CLASS_NAMES, SliceSet, default_class_names, normalise_slice
 from .volume import Volume
 
 
@@ -69,6 +70,12 @@ def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.lis
     ``lazy=None`` decides: lazy when the listed slices would take more than ``budget_mb`` in memory.
     """
     root = Path(root)
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit {limit} keeps no slice; give a number of training slices of at least 1, or leave "
+                        "it out to use them all.")
+    if labeled < 1:
+        raise DataError(f"--labeled {labeled} labels no slice; give at least 1 (the first N listed slices keep "
+                        "their labels).")
     if not (root / "train_slices.list").is_file():
         raise DataError(f"{root} has no train_slices.list. Point to an SSL4MIS-layout folder such as .../ACDC.")
     if lazy is None:
@@ -92,10 +99,83 @@ def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int =
         vol.labels = read_label(labels, like=vol)
     if vol.labels is None:
         raise DataError(f"{image} has no labels. Give --labels with a mask file in which a few slices are painted.")
+    check_class_values(vol.labels, f"The labels '{labels or image}'")
+    check_not_constant([vol], str(image))
     num_classes = len(class_names) if class_names else max(int(vol.labels.max()) + 1, 2)
     names = list(class_names) if class_names else ["background"] + [f"class {c}" for c in range(1, num_classes)]
     vol.validate(num_classes)
     return SliceSet.from_volume(vol, axis=axis, num_classes=num_classes, class_names=names), vol
+
+
+def check_class_values(labels: np.ndarray, who: str) -> None:
+    """Refuse labels whose class numbers a run cannot have (more than ``MAX_CLASSES``), naming the values."""
+    top = int(labels.max()) if labels.size else 0
+    if top < MAX_CLASSES:
+        return
+    values = np.unique(labels)
+    shown = ", ".join(str(int(v)) for v in values[:8]) + (f", ... ({len(values)} values)" if len(values) > 8 else "")
+    raise DataError(f"{who} hold the values {shown}, but class numbers must be 0 (background) to "
+                    f"{MAX_CLASSES - 1}; save the mask with classes 0, 1, 2, ... (a binary mask as 0/1, 0/255 or "
+                    "0/65535).")
+
+
+def check_not_constant(volumes: Sequence[Volume], where: str) -> None:
+    """Refuse training on images that hold one value only (an all-zero export, a blank file)."""
+    for vol in volumes:
+        img = np.asarray(vol.image)
+        if img.size and float(img.min()) != float(img.max()):
+            return
+    value = float(np.asarray(volumes[0].image).flat[0]) if volumes and np.asarray(volumes[0].image).size else 0.0
+    what = "The image" if len(volumes) == 1 else f"All {len(volumes)} images"
+    raise DataError(f"{what} in {where} hold a single value ({value:g}) everywhere, so there is nothing to "
+                    "segment; check that the right file was exported (e.g. not an empty or all-zero volume).")
+
+
+def with_classes(data: SliceSet, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None) -> tuple[SliceSet, str]:
+    """Apply the user's class settings to ``data``, or refuse them; returns the data and a line saying
+    what was found in the labels and what the run uses.
+
+    ``None`` for both keeps what the data says. A count or a list of names (background first) is honoured
+    when it covers every class in the labels (more classes than painted is fine: a class not painted yet),
+    and refused with a ``ConfigError``/``DataError`` sentence when it does not.
+    """
+    if num_classes is not None and class_names is not None and len(class_names) != num_classes:
+        raise ConfigError(f"num_classes = {num_classes} but class_names lists {len(class_names)} names; give one "
+                          "name per class, background first, or only one of the two settings.")
+    found = _label_values(data)
+    top = max(found) if found else data.num_classes - 1
+    wanted = num_classes if num_classes is not None else (len(class_names) if class_names is not None else None)
+    if wanted is not None and wanted <= top:
+        held = f"values {_values_text(found)}" if found else f"{data.num_classes} classes: {', '.join(data.class_names)}"
+        raise DataError(f"The labels hold class {top} ({held}), but the settings give {wanted} classes "
+                        f"(0..{wanted - 1}); set num_classes to at least {top + 1} with one name per class, or leave "
+                        "both settings out to use what the labels hold.")
+    if wanted is not None:
+        names = list(class_names) if class_names is not None else default_class_names(wanted)
+        if wanted != data.num_classes or names != list(data.class_names):
+            data.num_classes, data.class_names = wanted, names
+            data.validate()
+        origin = "as set"
+    else:
+        origin = "from the labels"
+    seen = f"the labeled slices hold {_values_text(found)}" if found else "the labels are read when used"
+    return data, (f"Classes: {data.num_classes} ({', '.join(data.class_names)}), {origin}; {seen}.")
+
+
+def _label_values(data: SliceSet) -> list[int]:
+    """The class values in the labeled slices (none for a lazy set: reading them all would cost the run's start)."""
+    if getattr(data.labels, "lazy", False):
+        return []
+    values: set[int] = set()
+    for lab in data.labels:
+        if lab is not None and lab.size:
+            values.update(int(v) for v in np.unique(lab))
+    return sorted(values)
+
+
+def _values_text(values: Sequence[int]) -> str:
+    return ", ".join(str(v) for v in values[:10]) + (f", ... ({len(values)} values)" if len(values) > 10 else "")
 
 
 def nifti_cohort(images: Sequence[str | Path], labels: Sequence[str | Path | None] | None = None,
@@ -112,6 +192,11 @@ def image_folder(folder: str | Path, labeled: int = 30, seed: int = 0) -> tuple[
     vols = [v for v in read_image_folder(folder) if v.labels is not None]
     if not vols:
         raise DataError(f"No image with a *_mask*.png mask was found in {folder}.")
+    if not any(v.labels.any() for v in vols):
+        raise DataError(f"All {len(vols)} masks in {folder} are empty (no pixel above 0), so there is nothing to "
+                        "learn but background; check that the *_mask files are the right ones (any value > 0 is "
+                        "the lesion).")
+    check_not_constant(vols, str(folder))
     order = np.random.default_rng(seed).permutation(len(vols))
     keep = set(order[:labeled].tolist())
     lab = [v for i, v in enumerate(vols) if i in keep]

@@ -17,6 +17,7 @@ Writes are atomic: a temporary file in the target folder is renamed over the tar
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import warnings
@@ -26,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, DataWarning
 from .volume import Volume, coerce_labels, mask_from_colour, to_single_channel
 
 SUPPORTED = "NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), SSL4MIS HDF5 (.h5), PNG/JPEG/BMP (.png, .jpg, .jpeg, .bmp)"
@@ -62,9 +63,13 @@ def reading(path: Path, what: str) -> Iterator[None]:
         yield
     except DataError:
         raise
+    except PermissionError as exc:  # not "truncated or corrupt": the file may be fine, the user may not read it
+        raise _unreadable(path, exc) from exc
     except MemoryError as exc:
         raise DataError(f"'{path}' is too large to load into memory ({exc}).") from exc
     except Exception as exc:  # noqa: BLE001 - third-party readers raise anything on corrupt input
+        if isinstance(exc, OSError) and (exc.errno in (errno.EACCES, errno.EPERM) or "errno = 13" in str(exc)):
+            raise _unreadable(path, exc) from exc  # h5py's refused open is a plain OSError
         raise DataError(
             f"Could not read '{path}' as {what}: it looks truncated or corrupt ({type(exc).__name__}: {exc}). "
             f"Supported formats: {SUPPORTED}."
@@ -74,6 +79,8 @@ def reading(path: Path, what: str) -> Iterator[None]:
 def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     kind = file_kind(path)
+    if path.is_dir():
+        raise DataError(f"'{path}' is a folder; give an image file. Supported formats: {SUPPORTED}.")
     if kind is None:
         raise DataError(f"'{path.name}' has an unsupported file type. Supported formats: {SUPPORTED}.")
     if not path.exists():
@@ -82,7 +89,17 @@ def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
         raise DataError(f"'{path}' is not a file.")
     if path.stat().st_size == 0:
         raise DataError(f"'{path}' is empty (0 bytes): it holds no image. Supported formats: {SUPPORTED}.")
+    try:  # every library reports a refused open differently (h5py as a generic OSError): ask once, here
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
     return path, kind
+
+
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    return DataError(f"No permission to read '{path}' ({exc.strerror or exc}); ask its owner to let you read it "
+                     "(e.g. chmod g+r), or copy it somewhere you can.")
 
 
 def read_volume(path: str | os.PathLike) -> Volume:
@@ -106,27 +123,67 @@ def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarra
                        key=lambda f: natural_key(f.name))
         if not files:
             raise DataError(f"Folder '{p}' holds no .png mask slices.")
-        slices = [read_label(f) for f in files]
+        slices = [_read_mask_file(f)[0] for f in files]
         if len({s.shape for s in slices}) != 1:
             raise DataError(f"The mask slices in '{p}' have different sizes; they cannot form one volume.")
-        labels = np.stack(slices)
+        labels = binary_as_foreground(np.stack(slices), f"folder '{p.name}'")  # one rule (and line) for all
         if like is not None and like.ndim == 2 and labels.shape[0] == 1:
             labels = labels[0]
     else:
-        p, kind = _check_file(p)
-        with reading(p, f"a mask ({_KIND_NAMES[kind]})"):
-            arr, h5_labels, *_ = _READERS[kind](p, True)
-        if kind == "h5":
-            if h5_labels is None:
-                raise DataError(f"'{p}' has no 'label' dataset; it holds no mask.")
-            arr = h5_labels
-        labels = coerce_labels(arr, f"mask in '{p.name}'")
+        labels, spacing, affine = _read_mask_file(p)
+        labels = binary_as_foreground(labels, f"'{p.name}'")
+        if like is not None and labels.shape == like.shape:
+            _check_same_grid(p.name, spacing, affine, like)
     if like is not None and labels.shape != like.shape:
         raise DataError(
             f"The mask '{p.name}' has shape {labels.shape} but the image '{like.name}' has shape {like.shape}; "
             "pick the mask that belongs to this image."
         )
     return labels
+
+
+def _read_mask_file(path: Path) -> tuple[np.ndarray, tuple | None, np.ndarray | None]:
+    """One mask file as class numbers (``coerce_labels``), with its spacing and affine when it has them."""
+    p, kind = _check_file(path)
+    with reading(p, f"a mask ({_KIND_NAMES[kind]})"):
+        arr, h5_labels, spacing, affine, _ = _READERS[kind](p, True)
+    if kind == "h5":
+        if h5_labels is None:
+            raise DataError(f"'{p}' has no 'label' dataset; it holds no mask.")
+        arr = h5_labels
+    return coerce_labels(arr, f"mask in '{p.name}'"), spacing, affine
+
+
+def binary_as_foreground(labels: np.ndarray, who: str) -> np.ndarray:
+    """A mask holding 0 and one other value that other tools write for "foreground" (255, 65535) is read as
+    class 1, the rule of ``--folder`` (any value > 0 is the lesion); a ``DataWarning`` says so."""
+    top = int(labels.max()) if labels.size else 0
+    if top not in (255, 65535) or np.count_nonzero((labels != 0) & (labels != top)):
+        return labels
+    warnings.warn(f"The mask {who} holds only 0 and {top}: read as a binary mask ({top} = foreground, class 1).",
+                  DataWarning, stacklevel=3)
+    return (labels == top).astype(np.uint8)
+
+
+def _check_same_grid(name: str, spacing, affine, like: Volume) -> None:
+    """Refuse a mask whose geometry (NIfTI affine, else voxel size) disagrees with its image's: same shape,
+    but flipped, shifted or on other voxels, it would train on misplaced labels. Float noise is tolerated."""
+    if affine is not None and like.affine is not None:
+        a, b = np.asarray(affine, np.float64), np.asarray(like.affine, np.float64)
+        if not np.allclose(a, b, rtol=1e-4, atol=1e-3):
+            how = ("their axes differ: flipped, rotated or other voxel sizes" if not np.allclose(a[:3, :3], b[:3, :3],
+                   rtol=1e-4, atol=1e-3) else f"their origins differ: {np.round(a[:3, 3], 2).tolist()} vs "
+                   f"{np.round(b[:3, 3], 2).tolist()}")
+            raise DataError(
+                f"The mask '{name}' and the image '{like.name}' are on different grids (NIfTI affines; {how}), so the "
+                "labels would land on the wrong voxels; re-export the mask on the image's grid (resample it with "
+                "the image as reference).")
+    elif spacing is not None and like.spacing is not None and len(spacing) == len(like.spacing):
+        if not np.allclose(spacing, like.spacing, rtol=1e-3, atol=1e-6):
+            raise DataError(
+                f"The mask '{name}' has voxel size {tuple(round(float(v), 4) for v in spacing)} but the image "
+                f"'{like.name}' {tuple(round(float(v), 4) for v in like.spacing)}; they are not on the same grid, "
+                "so re-export the mask on the image's grid.")
 
 
 def _read_nifti(path: Path, as_labels: bool):
@@ -212,6 +269,7 @@ def _read_h5(path: Path, as_labels: bool):
                             "expected the SSL4MIS layout ('image' and optional 'label').")
         image = f["image"][()] if not as_labels else None
         labels = coerce_labels(f["label"][()], f"'label' in {path.name}") if "label" in f else None
+        labels = binary_as_foreground(labels, f"'label' in '{path.name}'") if labels is not None else None
         spacing = tuple(float(s) for s in f.attrs["spacing"]) if "spacing" in f.attrs else None
     if image is not None:
         image = to_single_channel(image, rgb=False, who=f"The 'image' in '{path.name}'")
@@ -284,7 +342,7 @@ def read_image_folder(folder: str | os.PathLike) -> list[Volume]:
     orphans = sorted(set(masks) - set(images))
     if orphans:
         warnings.warn(f"{len(orphans)} mask(s) in '{root}' have no matching image, e.g. {orphans[0][1]}_mask.",
-                      stacklevel=2)
+                      DataWarning, stacklevel=2)
     out = []
     for key in sorted(images, key=lambda k: (natural_key(k[0]), natural_key(k[1]))):
         vol = read_volume(images[key])
@@ -310,7 +368,11 @@ def read_list(root: Path, list_file: str) -> list[str]:
     if not lf.is_file():
         raise DataError(f"The list file '{lf}' does not exist; expected e.g. train_slices.list or val.list "
                         f"in '{root}'.")
-    ids = [line.strip() for line in lf.read_text().splitlines() if line.strip()]
+    try:
+        ids = [line.strip() for line in lf.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"The list file '{lf}' cannot be read ({getattr(exc, 'strerror', None) or exc}); it must be a "
+                        "readable text file with one id a line.") from exc
     if not ids:
         raise DataError(f"The list file '{lf}' is empty.")
     return ids

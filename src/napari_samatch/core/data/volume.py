@@ -208,7 +208,7 @@ class Volume:
         lab = np.asarray(self.labels)
         if lab.ndim == 2:
             return np.array([0] if lab.any() else [], dtype=np.int64)
-        axis = _check_axis(axis, lab.ndim)
+        axis = check_axis(axis, lab.ndim)
         others = tuple(a for a in range(lab.ndim) if a != axis)
         return np.flatnonzero(lab.any(axis=others)).astype(np.int64)
 
@@ -216,7 +216,7 @@ class Volume:
         """Number of slices along ``axis`` (1 for a 2D image)."""
         if self.ndim == 2:
             return 1
-        return self.shape[_check_axis(axis, self.ndim)]
+        return self.shape[check_axis(axis, self.ndim)]
 
     def as_3d(self, axis: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
         """Image and labels as ``(slices, H, W)`` views: a 2D image is one slice; ``axis`` moves first."""
@@ -230,10 +230,13 @@ def as_3d(arr: np.ndarray, axis: int = 0) -> np.ndarray:
         return arr[None]
     if arr.ndim != 3:
         raise DataError(f"Expected a 2D or 3D array, got shape {arr.shape}.")
-    return np.moveaxis(arr, _check_axis(axis, 3), 0)
+    return np.moveaxis(arr, check_axis(axis, 3), 0)
 
 
-def _check_axis(axis: int, ndim: int) -> int:
+def check_axis(axis: int, ndim: int) -> int:
+    """``axis`` as 0..ndim-1 (negative counts from the end); a ``DataError`` sentence when there is no such axis."""
     if not -ndim <= axis < ndim:
-        raise DataError(f"Slice axis {axis} does not exist in a {ndim}D array; use 0..{ndim - 1}.")
+        raise DataError(f"Slice axis {axis} does not exist in a {ndim}D image; use 0..{ndim - 1} (--axis).")
     return axis % ndim
+
+

@@ -17,6 +17,7 @@ import numpy as np
 from ..checkpoint import atomic_paths, storage_error
 from ..errors import DataError, StorageError
 from .io import array_to_nifti_affine, file_kind
+from .outputs import check_new_files, check_not_an_input
 from .volume import Volume, coerce_labels
 
 
@@ -29,8 +30,13 @@ def _mask_array(mask: np.ndarray) -> np.ndarray:
     return arr
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = None) -> list[Path]:
+def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = None,
+               overwrite: bool = True) -> list[Path]:
     """Write ``mask`` (array order, uint8 or uint16 when > 255 classes) and return the files written.
+
+    A target that is ``like.source`` (the image the mask was made from, also through a link) is refused
+    with ``DataError``; with ``overwrite=False`` an existing target is refused with ``StorageError``.
+    Both checks run before anything is written.
 
     * ``.nii`` / ``.nii.gz``: NIfTI with ``like``'s affine (array-order convention of this module);
       without one, a diagonal affine from ``like.spacing`` (or identity).
@@ -38,6 +44,8 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = 
     * a folder, or a ``.png`` path: one PNG per slice, ``<stem>_0000.png``, ... (a 2D mask to ``x.png``
       writes just ``x.png``); a name with ``{}`` is a pattern filled with the slice number.
     """
+    if not str(path).strip():
+        raise DataError("The mask's file name is empty; give a file (.nii.gz, .tif, .png) or a folder.")
     path = Path(path)
     arr = _mask_array(mask)
     if like is not None and arr.shape != like.shape:
@@ -45,16 +53,23 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume | None = 
     spacing = tuple(like.spacing) if like is not None and like.spacing is not None else None
     kind = file_kind(path)
     is_dir_target = path.is_dir() or str(path).endswith(os.sep) or (path.suffix == "" and not path.exists())
+    source = like.source if like is not None else None
+
+    def guard(targets: list[Path]) -> None:
+        check_not_an_input(targets, {"image": source}, "choose another file name for the mask")
+        check_new_files(targets, overwrite, "choose another name, or allow replacing it (--overwrite)")
+
     if kind == "nifti":
-        return _write_nifti(path, arr, like, spacing)
+        return _write_nifti(path, arr, like, spacing, guard)
     if kind == "tiff":
-        return _write_tiff(path, arr, spacing)
+        return _write_tiff(path, arr, spacing, guard)
     if is_dir_target or path.suffix.lower() == ".png":
-        return _write_pngs(path, arr, like, is_dir_target)
+        return _write_pngs(path, arr, like, is_dir_target, guard)
     raise DataError(f"Cannot write masks as '{path.name}'; use .nii.gz, .nii, .tif, .tiff, .png or a folder.")
 
 
-def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing) -> list[Path]:
+def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing, guard) -> list[Path]:
+    guard([path])
     import nibabel as nib
 
     n = arr.ndim
@@ -74,7 +89,8 @@ def _write_nifti(path: Path, arr: np.ndarray, like: Volume | None, spacing) -> l
     return [path]
 
 
-def _write_tiff(path: Path, arr: np.ndarray, spacing) -> list[Path]:
+def _write_tiff(path: Path, arr: np.ndarray, spacing, guard) -> list[Path]:
+    guard([path])
     import tifffile
 
     kwargs: dict = {"compression": "zlib"}
@@ -86,19 +102,11 @@ def _write_tiff(path: Path, arr: np.ndarray, spacing) -> list[Path]:
     return [path]
 
 
-def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target: bool) -> list[Path]:
+def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target: bool, guard) -> list[Path]:
     from PIL import Image
 
     slices = arr[None] if arr.ndim == 2 else arr
     if is_dir_target:
-        if not path.exists():
-            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-            if blocker is not None:
-                raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder; choose another folder.")
-            try:
-                path.mkdir()
-            except OSError as exc:
-                raise storage_error(path, exc) from exc
         stem = re.sub(r"[^\w\-. ()]+", "_", like.name) if like is not None else "mask"
         targets = [path / f"{stem}_{i:04d}.png" for i in range(len(slices))]
     elif "{" in path.name:
@@ -111,9 +119,27 @@ def _write_pngs(path: Path, arr: np.ndarray, like: Volume | None, is_dir_target:
         targets = [path]
     else:
         targets = [path.parent / f"{path.stem}_{i:04d}.png" for i in range(len(slices))]
-    with atomic_paths(targets, make_folders=False, keep_extension=True) as temps:
-        for tmp, sl in zip(temps, slices):
-            img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
-            img.save(str(tmp), format="PNG")
+    guard(targets)
+    created = False
+    if is_dir_target and not path.exists():
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise StorageError(f"Cannot write {path}: {blocker} is a file, not a folder; choose another folder.")
+        try:
+            path.mkdir()
+            created = True
+        except OSError as exc:
+            raise storage_error(path, exc) from exc
+    try:
+        with atomic_paths(targets, make_folders=False, keep_extension=True) as temps:
+            for tmp, sl in zip(temps, slices):
+                img = Image.fromarray(sl)  # uint8 -> mode L, uint16 -> mode I;16
+                img.save(str(tmp), format="PNG")
+    except StorageError:
+        if created:  # a refused write leaves no empty folder behind
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        raise
     return targets
-

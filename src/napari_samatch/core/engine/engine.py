@@ -33,7 +33,7 @@ from ..config import RunConfig, from_dict
 from ..data.slices import SliceSet
 from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..prior.prior import slice_prior
@@ -89,6 +89,7 @@ class Engine:
         self._stop = threading.Event()
         self.lock = threading.RLock()  # guards the models against the GUI's refine calls
         self._preview_request: list[int] | None = None
+        self.notes: list[str] = []  # warnings about the data, emitted when the run starts
         self._load_tensors()
         self.validator = Validator(self, val) if val is not None and distributed.is_main() else None
 
@@ -111,6 +112,14 @@ class Engine:
         self.prior = None
         if c.prior_weight > 0 and isinstance(self.labels, torch.Tensor):
             self.prior = slice_prior(self.labels, self.data.groups, self.data.positions, c.num_classes)
+        semi = c.method != "supervised" or (c.warmup_iters > 0 and c.warmup_method != "supervised")
+        if len(self.unlabeled_idx) == 0 and semi:
+            # what runs is what the config (and so metrics.json and the checkpoint) says
+            method = c.method if c.method != "supervised" else c.warmup_method
+            self.config = c.replace(method="supervised", warmup_method="supervised")
+            self.notes.append(f"Every slice is labeled, so {method} has no unlabeled slice to learn from: this run "
+                              "trains supervised, and its settings say so (add unlabeled slices for semi-supervised "
+                              "training).")
 
     def set_data(self, data: SliceSet) -> None:
         """Start a new round on a grown labeled set, keeping models and the embedding cache."""
@@ -248,6 +257,9 @@ class Engine:
         if done_before == 0 and self.prior is not None:  # the first usable result, before any training
             first = self.prior_preview(range(len(self.data)))
             emit(ev.PSEUDO_LABELS, "Interpolation between the painted slices", data=first)
+        for note in self.notes:
+            emit(ev.LOG, note, {"level": "warning"})
+        self.notes = []
         try:
             while self.stage_index < len(stages):
                 name, n = stages[self.stage_index]
@@ -452,8 +464,19 @@ class Engine:
     @classmethod
     def from_checkpoint(cls, path: str | Path, data: SliceSet, val: SliceSet | None = None,
                         **overrides: Any) -> "Engine":
-        """Resume a run: the same config (plus overrides such as device), models, optimisers and position."""
+        """Resume a run: the same config (plus overrides such as device), models, optimisers and position.
+
+        ``path`` is a ``last.pt`` or the run folder holding it; an exported ``model.pt`` cannot resume.
+        """
+        from .export import run_file
+
+        path = run_file(path, "last.pt", "to resume (last.pt)")
         payload = load_checkpoint(path)
+        if payload.get("kind") == "model":
+            last = Path(path).parent / "last.pt"
+            hint = f"resume from {last}" if last.is_file() else "resume from the run's last.pt"
+            raise CheckpointError(f"{path} is an exported model (weights only), not a training checkpoint; "
+                                  f"{hint}, which keeps the optimiser and the position of the run.")
         config = from_dict({**payload["config"], **overrides})
         if "device" not in overrides:  # an explicit device wins; a saved "cuda" on a CPU-only machine is a sentence
             faults.check_resume_device(config)

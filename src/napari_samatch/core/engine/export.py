@@ -29,7 +29,11 @@ def export_model(engine, path: str | Path, best: bool = True) -> Path:
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UNet, RunConfig]:
-    """The Match model and its settings from an exported model or a training checkpoint."""
+    """The Match model and its settings from an exported model or a training checkpoint.
+
+    A run folder (``train --out``) stands for the ``model.pt`` in it.
+    """
+    path = run_file(path, "model.pt", "to predict or evaluate")
     payload = load_checkpoint(path)
     config = from_dict(payload["config"])
     unet = UNet(1, config.num_classes)
@@ -39,3 +43,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UN
     check_state_fits(unet, state, f"The Match model in {path}", f"{config.num_classes}-class UNet",
                      "The file was changed or made by another version; export the model again.")
     return unet.to(device).eval(), config
+
+
+def run_file(path: str | Path, name: str, purpose: str) -> Path:
+    """``path``, or ``path/name`` when ``path`` is a run folder holding it (a CheckpointError names the
+    files to choose from when it does not)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / name).is_file():
+        return path / name
+    found = sorted(p.name for p in path.glob("*.pt"))
+    raise CheckpointError(f"{path} is a folder without {name}; give the file {purpose}"
+                          + (f" (it holds {', '.join(found)})." if found else f", e.g. run/{name}."))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..data.volume import Volume
+from ..errors import DataError
 from ..match.inference import predict_volume
 from ..match.unet import UNet
 from .metrics import per_class_metrics, summarise
@@ -23,6 +24,12 @@ def evaluate_volumes(unet: UNet, volumes: Sequence[Volume], size: int, class_nam
     none, so ACDC numbers are in voxels, as in the literature).
     """
     num_classes = len(class_names)
+    for vol in volumes:  # before any prediction: a class the model cannot output would score silently as 0
+        top = int(vol.labels.max()) if vol.labels is not None and vol.labels.size else 0
+        if top >= num_classes:
+            raise DataError(f"The labels of '{vol.name}' hold class {top}, but the model has {num_classes} classes "
+                            f"({', '.join(class_names)}); evaluate it on data labeled with its classes, or train a "
+                            f"model with {top + 1} classes.")
     rows, per_volume = [], []
     t0 = time.perf_counter()
     for i, vol in enumerate(volumes):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.slices import normalise_slice
+from ..data.volume import check_axis
+from ..errors import DataWarning
 from .unet import UNet
 
 
@@ -45,6 +48,10 @@ def predict_volume(unet: UNet, volume: np.ndarray, size: int, device: torch.devi
     Probabilities are resized back to each slice's size before the argmax (smoother than resizing labels).
     """
     arr = np.asarray(volume)
+    axis = check_axis(axis, arr.ndim)
+    if arr.size and float(arr.min()) == float(arr.max()):
+        warnings.warn(f"The image holds a single value ({float(arr.flat[0]):g}) everywhere, so the mask says nothing "
+                      "about it; check that the right file was given.", DataWarning, stacklevel=2)
     squeeze = arr.ndim == 2
     if squeeze:
         arr = arr[None]
