@@ -81,9 +81,10 @@ class Refiner:
 
     @property
     def bbox_shift(self) -> int:
-        """``config.bbox_shift`` is in SAM's 256-pixel input (the paper's 5 px), not in the training frame:
-        at 128 px a 5-pixel widening would be 10 pixels at SAM's scale, loose enough to lose small structures."""
-        return max(1, round(self.config.bbox_shift * self.config.size / 256)) if self.config.bbox_shift else 0
+        """``config.bbox_shift`` in the Match model's frame (``config.size``). Scaling it to SAM's 256-px
+        input instead (2 px at 128) was measured worse: on 5 ACDC volumes SAM's myocardium Dice from
+        ground-truth boxes fell from 0.49-0.81 to 0.03-0.67, a tight box makes SAM take the LV cavity."""
+        return self.config.bbox_shift
 
     def prompts_for(self, probs: torch.Tensor) -> Prompts:
         """Prompts from the Match probabilities, for the trusted classes only (see :meth:`calibrate`)."""
