@@ -232,11 +232,29 @@ def summary(results: dict, ks) -> tuple[dict, str]:
                 table.setdefault(label, {})[k] = entry
                 lines.append(f"| {label} | {k} | " + " | ".join(f"{per[c]:.3f}" for c in NAMES[1:])
                              + f" | **{mean:.3f}** | {hd:.2f} | {t:.1f} | {res['peak_rss_mb']:.0f} |")
+    lines += ["", *per_volume(results, ks)]
     for k in ks:
         if "start" in table and k in table["start"]:
             lines.append(f"\nk = {k}: confidence/Dice Spearman over the unpainted slices "
                          f"{table['start'][k]['confidence_dice_spearman']:.2f}")
     return table, "\n".join(lines)
+
+
+def per_volume(results: dict, ks) -> list[str]:
+    """Mean Dice of every method on every volume (rows) and k: the table behind the averages."""
+    cols = [(m, "scores") for m in results] + ([("start-match", "match_scores")] if "start" in results else [])
+    lines = ["| volume | k | " + " | ".join(m for m, _ in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    vols = list(dict.fromkeys(r["volume"] for res in results.values() for r in res["rows"]))
+    for v in vols:
+        for k in ks:
+            cells = []
+            for m, key in cols:
+                res = results["start" if m == "start-match" else m]
+                row = next((r for r in res["rows"] if r["volume"] == v and r["k"] == k), None)
+                cells.append(f"{mean_dice(row[key]):.3f}" if row else "")
+            if any(cells):
+                lines.append(f"| {v} | {k} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:

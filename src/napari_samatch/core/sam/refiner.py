@@ -81,9 +81,8 @@ class Refiner:
 
     @property
     def bbox_shift(self) -> int:
-        """``config.bbox_shift`` in the Match model's frame (``config.size``). Scaling it to SAM's 256-px
-        input instead (2 px at 128) was measured worse: on 5 ACDC volumes SAM's myocardium Dice from
-        ground-truth boxes fell from 0.49-0.81 to 0.03-0.67, a tight box makes SAM take the LV cavity."""
+        """``config.bbox_shift``, in pixels of the Match model's frame (``config.size``); presets choose it
+        (docs/benchmarks.md: tighter boxes from predictions, looser ones for the myocardium from exact boxes)."""
         return self.config.bbox_shift
 
     def prompts_for(self, probs: torch.Tensor) -> Prompts:
