@@ -197,3 +197,15 @@ def test_cli_trains_and_predicts_on_a_dicom_folder(tmp_path, capsys):
                  str(tmp_path / "p2.nii.gz")]) == 2
     err = capsys.readouterr().err
     assert "'junk' in the series folder" in err and "Traceback" not in err
+
+
+def test_napari_reader_takes_a_series_folder_and_declines_others(tmp_path):
+    from napari_samatch._reader import get_reader
+
+    folder = write_series(tmp_path / "ct")
+    (tmp_path / "other").mkdir()
+    assert get_reader(str(tmp_path / "other")) is None
+    layers = get_reader(str(folder))(str(folder))
+    (data, kwargs, kind), = layers
+    assert kind == "image" and data.shape == (5, ROWS, COLS)
+    assert kwargs["scale"] == pytest.approx((STEP, *PIXEL)) and kwargs["metadata"]["affine"] is not None
