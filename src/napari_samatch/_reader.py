@@ -1,4 +1,4 @@
-"""npe2 reader: NIfTI, SSL4MIS HDF5 and TIFF files -> image (+ labels) layer data.
+"""npe2 reader: NIfTI, SSL4MIS HDF5, TIFF and DICOM (a series folder or a .dcm file) -> image (+ labels) layer data.
 
 Returns plain ``(data, kwargs, layer_type)`` tuples, so it works (and is tested) without a viewer.
 Errors are ``DataError`` with a user-facing sentence; napari shows them as notifications.
@@ -13,7 +13,7 @@ from .core.data.io import file_kind, read_volume
 from .core.data.volume import Volume
 
 LayerData = tuple  # (data, kwargs, layer_type)
-_OUR_KINDS = ("nifti", "h5", "tiff")
+_OUR_KINDS = ("nifti", "h5", "tiff", "dicom")
 
 
 def get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]) -> Callable[..., list[LayerData]] | None:

@@ -71,19 +71,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _check_train_flags(args: argparse.Namespace) -> None:
     """Contradictory or idle flags are refused: a flag that is silently ignored is a wrong result later."""
-    sources = [f for f, v in (("--ssl4mis", args.ssl4mis), ("--folder", args.folder), ("--image", args.image)) if v]
+    sources = [f for f, v in (("--ssl4mis", args.ssl4mis), ("--folder", args.folder), ("--image", args.image),
+                              ("--images", args.images)) if v]
     if len(sources) > 1:
         raise SamatchError(f"Give one data source, not {' and '.join(sources)}: --ssl4mis DIR, --image FILE "
-                           "--labels FILE, or --folder DIR.")
+                           "--labels FILE, --images DIR --labels DIR, or --folder DIR.")
     if not sources:
-        raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, or --folder DIR.")
+        raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, --images DIR --labels "
+                           "DIR, or --folder DIR.")
     if "checkpoint_dir" in _overrides(args):
         raise SamatchError("checkpoint_dir is --out on the command line (the run's checkpoints, model.pt and "
                            "metrics.json go there); give --out instead.")
-    for flag, used, needs in (("--labels", args.labels, "--image"), ("--axis", args.axis, "--image"),
-                              ("--limit", args.limit, "--ssl4mis"), ("--lazy", args.lazy, "--ssl4mis")):
-        if used is not None and needs not in sources:
-            raise SamatchError(f"{flag} applies only with {needs}, not with {sources[0]}; leave it out or use {needs}.")
+    for flag, used, needs in (("--labels", args.labels, ("--image", "--images")),
+                              ("--axis", args.axis, ("--image", "--images")),
+                              ("--limit", args.limit, ("--ssl4mis",)), ("--lazy", args.lazy, ("--ssl4mis",))):
+        if used is not None and sources[0] not in needs:
+            alt = " or ".join(needs)
+            raise SamatchError(f"{flag} applies only with {alt}, not with {sources[0]}; leave it out or use {alt}.")
 
 
 def _train_outputs(args: argparse.Namespace, out: Path) -> None:
@@ -93,7 +97,8 @@ def _train_outputs(args: argparse.Namespace, out: Path) -> None:
     from .core.engine.export import run_file
 
     resume = run_file(args.resume, "last.pt", "to resume (last.pt)") if args.resume else None
-    inputs = {"--ssl4mis": args.ssl4mis, "--folder": args.folder, "--image": args.image, "--labels": args.labels,
+    inputs = {"--ssl4mis": args.ssl4mis, "--folder": args.folder, "--image": args.image, "--images": args.images,
+              "--labels": args.labels,
               "--resume": resume, "--config": args.config, "--sam-checkpoint": args.sam_checkpoint}
     targets = [out] + [out / name for name in ("model.pt", "model.pt.sha256", "metrics.json")]
     if not (resume is not None and (out / "last.pt").exists() and same_file(resume, out / "last.pt")):
@@ -121,6 +126,14 @@ def _train(args: argparse.Namespace, main: bool) -> int:
     elif args.folder:
         data, _ = datasets.image_folder(args.folder, labeled=args.labeled)
         val = None
+    elif args.images:  # a cohort: volumes matched to label files by name (core/data/cohort.py)
+        from .core.data.cohort import cohort_slices, list_cohort
+
+        members = list_cohort(args.images, args.labels)
+        data, val = cohort_slices(members, axis=args.axis or 0), None
+        if main:
+            print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file",
+                  file=sys.stderr)
     else:
         data, _ = datasets.volume_with_labels(args.image, args.labels, axis=args.axis or 0)
         val = None
@@ -161,7 +174,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.engine.export import load_model, run_file
     from .core.match.inference import predict_volume
 
+    if bool(args.image) == bool(args.images):
+        raise SamatchError("Give one of --image FILE (one volume) or --images DIR (every volume in the folder).")
     model = run_file(args.model, "model.pt", "to predict with")
+    if args.images:
+        return _predict_cohort(args, model)
     check_not_an_input([args.out], {"--model": model, "--image": args.image}, "choose another --out")
     check_new_files([args.out], args.overwrite)
     unet, config = load_model(model)
@@ -170,6 +187,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predict_volume(unet, vol.image, config.size, axis=args.axis)
     written = write_mask(args.out, pred, like=vol, overwrite=args.overwrite)
     print(f"Mask written to {args.out}" + (f" ({len(written)} files)" if len(written) > 1 else ""))
+    return 0
+
+
+def _predict_cohort(args: argparse.Namespace, model: Path) -> int:
+    """One mask per volume of --images into the folder --out, named like its volume (so that the masks can be
+    given back as --labels), NIfTI with the source's geometry (TIFF for TIFF sources). Every target is checked
+    before the first is written."""
+    from .core.checkpoint import check_writable_folder, storage_error
+    from .core.data.cohort import list_cohort
+    from .core.data.io import file_kind, read_volume
+    from .core.data.outputs import check_new_files, check_not_an_input
+    from .core.data.writers import write_mask
+    from .core.engine.export import load_model
+    from .core.match.inference import predict_volume
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SamatchError(f"--out '{out}' is a file; with --images it must be a folder (one mask per volume).")
+    check_not_an_input([out], {"--model": model, "--images": args.images}, "choose another --out folder")
+    members = list_cohort(args.images)
+    targets = [out / (m.name + (".tif" if file_kind(m.image) == "tiff" else ".nii.gz")) for m in members]
+    check_not_an_input(targets, {f"volume {m.name}": m.image for m in members}, "choose another --out folder")
+    check_new_files(targets, args.overwrite)
+    check_writable_folder(out, "Choose another folder for --out.")
+    unet, config = load_model(model)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(out, exc) from exc
+    for k, (m, target) in enumerate(zip(members, targets)):
+        vol = read_volume(m.image)
+        pred = predict_volume(unet, vol.image, config.size, axis=args.axis)
+        write_mask(target, pred, like=vol, overwrite=args.overwrite)
+        print(f"[{k + 1}/{len(members)}] {m.name} -> {target.name}", file=sys.stderr)
+    print(f"{len(members)} masks written to {out}")
     return 0
 
 
@@ -243,8 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=None,
                    help="read --ssl4mis slices from disk when used, not all at the start (default: only when "
                         "they would not fit data_budget_mb)")
-    t.add_argument("--image", help="a volume (NIfTI, TIFF, h5) in which a few slices are labeled")
-    t.add_argument("--labels", help="the label file for --image")
+    t.add_argument("--image", help="a volume (NIfTI, TIFF, h5, a DICOM series folder) in which a few slices are "
+                                   "labeled")
+    t.add_argument("--images", help="a cohort: a folder of volumes (NIfTI, TIFF, h5, one DICOM series per "
+                                    "sub-folder); those without a label file are unlabeled")
+    t.add_argument("--labels", help="the label file for --image, or the folder of label files (named like the "
+                                    "volumes) for --images; painted slices count as labeled")
     t.add_argument("--axis", type=int, help="slice axis of --image (default 0)")
     t.add_argument("--folder", help="a folder of 2D images with *_mask*.png masks (BUSI layout)")
     t.add_argument("--resume", help="a last.pt checkpoint to continue from")
@@ -255,9 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="segment a volume with a trained model")
     pr.add_argument("--model", required=True)
-    pr.add_argument("--image", required=True)
+    pr.add_argument("--image", help="one volume (a file, or a DICOM series folder)")
+    pr.add_argument("--images", help="a folder of volumes: one mask each, into the folder --out")
     pr.add_argument("--axis", type=int, default=0, help="slice axis (default 0)")
-    pr.add_argument("--out", required=True, help="mask file: .nii.gz, .tif, or a folder for PNGs")
+    pr.add_argument("--out", required=True, help="mask file: .nii.gz, .tif, or a folder for PNGs; with --images, "
+                                                 "the folder for the masks (<volume name>.nii.gz)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing mask file")
     pr.set_defaults(func=cmd_predict)
 

@@ -1,8 +1,8 @@
 """Reading images and masks, writing masks.
 
 Formats: TIFF (2D/3D), NIfTI (``.nii``/``.nii.gz``), SSL4MIS HDF5 (``.h5`` with ``image`` and an
-optional ``label``), PNG/JPEG/BMP (single 2D images) and folders of 2D images with ``*_mask*.png``
-masks (BUSI layout).
+optional ``label``), PNG/JPEG/BMP (single 2D images), DICOM (a folder holding one series, or one ``.dcm``
+image; ``dicom.py``) and folders of 2D images with ``*_mask*.png`` masks (BUSI layout).
 
 NIfTI axis convention: NIfTI stores voxels as ``(i, j, k) = (X, Y, Z)``; here arrays are
 ``(Z, Y, X)`` (slice axis first), so the data is transposed on reading (array axis ``a`` is NIfTI
@@ -28,18 +28,24 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import DataError, DataWarning
+from .dicom import is_dicom_folder, read_dicom_file, read_dicom_series
 from .volume import Volume, coerce_labels, mask_from_colour, to_single_channel
 
-SUPPORTED = "NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), SSL4MIS HDF5 (.h5), PNG/JPEG/BMP (.png, .jpg, .jpeg, .bmp)"
+SUPPORTED = ("NIfTI (.nii, .nii.gz), TIFF (.tif, .tiff), SSL4MIS HDF5 (.h5), PNG/JPEG/BMP (.png, .jpg, .jpeg, .bmp), "
+             "DICOM (a folder holding one series, or a .dcm file)")
 IMAGE_2D_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 _KINDS = {".nii": "nifti", ".nii.gz": "nifti", ".tif": "tiff", ".tiff": "tiff", ".h5": "h5", ".hdf5": "h5"}
 _KINDS.update({e: "image2d" for e in IMAGE_2D_EXTS})
-_KIND_NAMES = {"nifti": "NIfTI", "tiff": "TIFF", "h5": "SSL4MIS HDF5", "image2d": "an image"}
+_KINDS[".dcm"] = "dicom"
+_KIND_NAMES = {"nifti": "NIfTI", "tiff": "TIFF", "h5": "SSL4MIS HDF5", "image2d": "an image", "dicom": "DICOM"}
 _MASK_RE = re.compile(r"^(?P<base>.+?)_mask(?:_\d+)?$", re.IGNORECASE)
 
 
 def file_kind(path: str | os.PathLike) -> str | None:
-    """``'nifti' | 'tiff' | 'h5' | 'image2d'`` from the file name, or ``None`` if unsupported."""
+    """``'nifti' | 'tiff' | 'h5' | 'image2d' | 'dicom'`` from the file name (a folder: ``'dicom'`` when it holds
+    DICOM files), or ``None`` if unsupported."""
+    if Path(path).is_dir():
+        return "dicom" if is_dicom_folder(path) else None
     name = Path(path).name.lower()
     ext = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
     return _KINDS.get(ext)
@@ -80,7 +86,10 @@ def _check_file(path: str | os.PathLike) -> tuple[Path, str]:
     path = Path(path)
     kind = file_kind(path)
     if path.is_dir():
-        raise DataError(f"'{path}' is a folder; give an image file. Supported formats: {SUPPORTED}.")
+        if kind == "dicom":
+            return path, kind
+        raise DataError(f"'{path}' is a folder; give an image file, or a folder holding one DICOM series (this one "
+                        f"holds no DICOM file). Supported formats: {SUPPORTED}.")
     if kind is None:
         raise DataError(f"'{path.name}' has an unsupported file type. Supported formats: {SUPPORTED}.")
     if not path.exists():
@@ -105,6 +114,10 @@ def _unreadable(path: Path, exc: OSError) -> DataError:
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read an image file into a validated ``Volume`` (labels only from SSL4MIS ``.h5`` files)."""
     path, kind = _check_file(path)
+    if kind == "dicom":
+        with reading(path, "DICOM"):
+            vol = read_dicom_series(path) if path.is_dir() else read_dicom_file(path)
+        return vol.validate()
     with reading(path, _KIND_NAMES[kind]):
         image, labels, spacing, affine, meta = _READERS[kind](path, False)
     vol = Volume(image, labels, spacing, affine, name=_stem(path), source=str(path), metadata=meta)
@@ -145,6 +158,9 @@ def read_label(path: str | os.PathLike, like: Volume | None = None) -> np.ndarra
 def _read_mask_file(path: Path) -> tuple[np.ndarray, tuple | None, np.ndarray | None]:
     """One mask file as class numbers (``coerce_labels``), with its spacing and affine when it has them."""
     p, kind = _check_file(path)
+    if kind == "dicom":
+        raise DataError(f"'{p.name}' is DICOM; masks are read from NIfTI, TIFF, .h5 or PNG files, so export the "
+                        "mask in one of those (e.g. NIfTI on the image's grid).")
     with reading(p, f"a mask ({_KIND_NAMES[kind]})"):
         arr, h5_labels, spacing, affine, _ = _READERS[kind](p, True)
     if kind == "h5":
