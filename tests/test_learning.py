@@ -11,7 +11,8 @@ on the 2-vCPU CI machine (2026-12-03, 1 thread): Dice RV/Myo/LV raw 0.786/0.911/
 refined 0.882/0.894/0.908 (mean 0.894). At the quick preset's lr 0.05 the Match model reaches 0.89-0.92 on
 the phantom in these 150 steps and SAM adds at most 0.005 (RV up, Myo down): the premise is about a Match
 model that still errs, which is where SAM-Match uses SAM. Boxes 5 px wider than the prediction (RunConfig's
-default); the quick preset's 2 px, better on real volumes, cost the phantom's ring (Myo 0.92 -> 0.70). A real-ACDC version at this budget did not learn (raw mean Dice
+default); the quick preset's 2 px, better on real volumes, cost the phantom's ring (Myo 0.92 -> 0.70).
+A real-ACDC version at this budget did not learn (raw mean Dice
 0.005 after 150 steps): ACDC needs the benchmark's schedule (docs/benchmarks.md).
 """
 

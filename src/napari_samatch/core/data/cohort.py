@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError, DataWarning
-from .io import _stem, file_kind, natural_key, read_label, read_volume, reading
+from .io import file_kind, file_stem, natural_key, read_label, read_volume, reading
 from .slices import SliceSet, default_class_names, normalise_slice
 from .volume import as_3d
 
@@ -53,7 +53,7 @@ def list_cohort(images: str | os.PathLike, labels: str | os.PathLike | None = No
     for p in sorted(root.iterdir(), key=lambda q: natural_key(q.name)):
         if p.name.startswith(".") or file_kind(p) not in COHORT_KINDS:
             continue
-        name = p.name if p.is_dir() else _stem(p)
+        name = p.name if p.is_dir() else file_stem(p)
         if name in found:
             raise DataError(f"'{found[name].name}' and '{p.name}' in '{root}' have the same name '{name}', so "
                             "their masks and labels would collide; rename or remove one.")
@@ -74,7 +74,7 @@ def _label_files(root: Path, names: set[str]) -> dict[str, Path]:
     for p in sorted(root.iterdir(), key=lambda q: natural_key(q.name)):
         if p.name.startswith(".") or not p.is_file() or file_kind(p) not in ("nifti", "tiff", "h5", "image2d"):
             continue
-        stem = _stem(p)
+        stem = file_stem(p)
         name = next((stem[: len(stem) - len(s)] for s in LABEL_SUFFIXES
                      if stem.endswith(s) and stem[: len(stem) - len(s)] in names), None)
         if name is None:
@@ -101,12 +101,12 @@ def cohort_slices(members: Sequence[Member], axis: int = 0, class_names: Sequenc
 
 
 def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | None) -> SliceSet:
-    from .lazy import _nifti_image, nifti_slices
+    from .lazy import nifti_image, nifti_slices
 
     for m in members:  # headers only: a label on another grid would land on the wrong voxels
         if m.labels is not None:
             with reading(m.labels, "NIfTI"):
-                a, b = _nifti_image(str(m.image)).affine, _nifti_image(str(m.labels)).affine
+                a, b = nifti_image(str(m.image)).affine, nifti_image(str(m.labels)).affine
             if not np.allclose(a, b, rtol=1e-4, atol=1e-3):
                 raise DataError(f"The labels '{m.labels.name}' and the image '{m.image.name}' are on different grids "
                                 "(NIfTI affines differ); re-export the labels on the image's grid.")

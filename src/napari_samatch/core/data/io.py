@@ -51,7 +51,7 @@ def file_kind(path: str | os.PathLike) -> str | None:
     return _KINDS.get(ext)
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
@@ -120,7 +120,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         return vol.validate()
     with reading(path, _KIND_NAMES[kind]):
         image, labels, spacing, affine, meta = _READERS[kind](path, False)
-    vol = Volume(image, labels, spacing, affine, name=_stem(path), source=str(path), metadata=meta)
+    vol = Volume(image, labels, spacing, affine, name=file_stem(path), source=str(path), metadata=meta)
     return vol.validate()
 
 

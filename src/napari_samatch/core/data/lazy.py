@@ -71,7 +71,7 @@ def _nifti(path: str, mtime_ns: int) -> Any:
     return nib.load(path)
 
 
-def _nifti_image(path: str) -> Any:
+def nifti_image(path: str) -> Any:
     return _nifti(path, os.stat(path).st_mtime_ns)
 
 
@@ -96,7 +96,7 @@ def read_raw(ref: SliceRef) -> np.ndarray | None:
             d = f[ref.dataset]
             return d[()] if ref.index is None else d[_take_axis(d.ndim, ref.axis, ref.index)]
     with reading(path, "NIfTI"):
-        img = _nifti_image(ref.path)
+        img = nifti_image(ref.path)
         shape = _nifti_shape(img)
         if ref.index is None:
             return np.asarray(img.dataobj).reshape(shape).T
@@ -114,7 +114,7 @@ def slice_shape(ref: SliceRef) -> tuple[int, int]:
             shape = tuple(f[ref.dataset].shape)
     else:
         with reading(Path(ref.path), "NIfTI"):
-            shape = _nifti_shape(_nifti_image(ref.path))[::-1]  # array order
+            shape = _nifti_shape(nifti_image(ref.path))[::-1]  # array order
     if ref.index is not None:
         shape = shape[:ref.axis] + shape[ref.axis + 1:]
     return tuple(int(s) for s in shape)  # type: ignore[return-value]
@@ -306,7 +306,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
         if file_kind(ip) != "nifti" or not ip.is_file():
             raise DataError(f"'{ip}' is not an existing NIfTI file (.nii or .nii.gz).")
         with reading(ip, "NIfTI"):
-            shape = _nifti_shape(_nifti_image(str(ip)))[::-1]  # array order
+            shape = _nifti_shape(nifti_image(str(ip)))[::-1]  # array order
         if len(shape) != 3:
             raise DataError(f"'{ip.name}' has shape {shape}; a 3D volume is expected.")
         if not -3 <= axis < 3:
@@ -320,7 +320,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
             if file_kind(lp) != "nifti" or not lp.is_file():
                 raise DataError(f"'{lp}' is not an existing NIfTI file (.nii or .nii.gz).")
             with reading(lp, "NIfTI"):
-                lshape = _nifti_shape(_nifti_image(str(lp)))[::-1]
+                lshape = _nifti_shape(nifti_image(str(lp)))[::-1]
             if lshape != shape:
                 raise DataError(f"The labels '{lp.name}' have shape {lshape} but the image '{ip.name}' {shape}; "
                                 "pick the label file that belongs to this image.")
