@@ -96,3 +96,21 @@ def test_the_first_event_of_a_run_is_the_interpolation_as_pseudo_labels():
     d = next(d for k, d in kinds if k == "pseudo_labels")
     assert len(d["indices"]) == len(data) and len(d["slice_confidence"]) == len(data)
     assert d["raw"].shape == (len(data), 64, 64) and d["confidence"].max() == 1.0
+
+
+def test_review_score_ranks_a_disputed_slice_below_an_agreed_one():
+    from napari_samatch.core.engine.review import review_score, slice_agreement
+
+    answer = np.zeros((3, 8, 8), np.uint8)
+    answer[:, 2:6, 2:6] = 1
+    match = answer.copy()
+    match[1] = 0  # the Match model alone sees nothing on slice 1
+    match[1, 2:4, 2:4] = 1
+    empty = np.zeros_like(answer)
+    assert np.allclose(slice_agreement(answer, answer), 1.0)
+    assert np.allclose(slice_agreement(empty, empty), 1.0)  # nothing to disagree on
+    assert slice_agreement(answer, match)[1] == 2 * 4 / (16 + 4)
+    conf = np.full(answer.shape, 0.9, np.float32)
+    score = review_score(answer, conf, match, prior=answer)
+    assert score[1] < score[0] == score[2]
+    assert np.allclose(review_score(answer, conf, answer, prior=None), (0.9 + 1.0) / 2)
