@@ -42,7 +42,10 @@ def _inputs(tmp: Path) -> dict[str, Path]:
     last.write_bytes(b"not read: --out is refused first")
     sam = tmp / "sam.pth"
     sam.write_bytes(b"not read either")
-    return {"image": image, "labels": lab, "ssl4mis": root, "folder": image_folder(tmp), "config": config,
+    cohort = tmp / "cohort"
+    cohort.mkdir()
+    nifti(cohort / "case1.nii.gz", img((32, 32, 4)))
+    return {"image": image, "labels": lab, "cohort": cohort, "ssl4mis": root, "folder": image_folder(tmp), "config": config,
             "resume": last, "sam": sam, "model": model_file(tmp), "nifti": nifti(tmp / "ct.nii.gz", img((32, 32, 4))),
             "split": root / "val.list", "volume": root / "data" / "vol0.h5"}
 
@@ -50,22 +53,27 @@ def _inputs(tmp: Path) -> dict[str, Path]:
 def _argv(command: str, flag: str, p: dict[str, Path]) -> tuple[list, Path]:
     """``command`` with its inputs, ``--out`` equal to the input of ``flag``; returns argv and that input."""
     if command == "train":
-        source = {"--ssl4mis": ["--ssl4mis", p["ssl4mis"]], "--folder": ["--folder", p["folder"]]}.get(
+        source = {"--ssl4mis": ["--ssl4mis", p["ssl4mis"]], "--folder": ["--folder", p["folder"]],
+                  "--images": ["--images", p["cohort"]]}.get(
             flag, ["--image", p["image"], "--labels", p["labels"]])
         extra = {"--resume": ["--resume", p["resume"]], "--config": ["--config", p["config"]],
                  "--sam-checkpoint": ["--sam-checkpoint", p["sam"]]}.get(flag, [])
         target = {"--ssl4mis": p["ssl4mis"], "--folder": p["folder"], "--image": p["image"], "--labels": p["labels"],
+                  "--images": p["cohort"],
                   "--resume": p["resume"], "--config": p["config"], "--sam-checkpoint": p["sam"]}[flag]
         return ["train", *source, *extra, "--out", target, *TINY], target
     if command == "predict":
+        if flag == "--images":
+            return ["predict", "--model", p["model"], "--images", p["cohort"], "--out", p["cohort"]], p["cohort"]
         target = {"--model": p["model"], "--image": p["nifti"]}[flag]
         return ["predict", "--model", p["model"], "--image", p["nifti"], "--out", target], target
     target = {"--model": p["model"], "--data": p["ssl4mis"], "--split": p["split"], "a listed volume": p["volume"]}[flag]
     return ["evaluate", "--model", p["model"], "--data", p["ssl4mis"], "--out", target], target
 
 
-INPUT_FLAGS = {"train": ["--ssl4mis", "--folder", "--image", "--labels", "--resume", "--config", "--sam-checkpoint"],
-               "predict": ["--model", "--image"], "evaluate": ["--model", "--data", "--split", "a listed volume"],
+INPUT_FLAGS = {"train": ["--ssl4mis", "--folder", "--image", "--images", "--labels", "--resume", "--config",
+                         "--sam-checkpoint"],
+               "predict": ["--model", "--image", "--images"], "evaluate": ["--model", "--data", "--split", "a listed volume"],
                "demo": []}
 OTHER_FLAGS = {"--out", "--overwrite", "--help", "--labeled", "--limit", "--lazy", "--no-lazy", "--axis", "--preset",
                "--method", "--warmup-iters", "--sam-iters", "--joint-iters", "--size", "--batch-labeled",
