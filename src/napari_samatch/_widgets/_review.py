@@ -70,6 +70,7 @@ class ReviewLayers(QObject):
         """Create the review layers if missing (shape and geometry of the chosen image)."""
         v, shape = self.ctl.viewer, self.ctl.image_shape()
         geo = self._geometry()
+        created = not all(k in self.layers for k in NAMES)
         self._updating = True
         try:
             if "confidence" not in self.layers:
@@ -96,7 +97,8 @@ class ReviewLayers(QObject):
                 self.layers["points"] = ly
         finally:
             self._updating = False
-        self.set_new_prompt_kind(self.new_class, self.new_label)
+        if created:
+            self.set_new_prompt_kind(self.new_class, self.new_label)
 
     def class_colour(self, c: int) -> np.ndarray:
         ly = self.layers.get("pseudo")
@@ -108,15 +110,19 @@ class ReviewLayers(QObject):
         """Class (and polarity for points) that boxes and points drawn by the user get."""
         self.new_class, self.new_label = int(class_index), int(label)
         colour = self.class_colour(self.new_class)
+        self._set_feature_defaults()
         if "boxes" in self.layers:
-            ly = self.layers["boxes"]
-            ly.feature_defaults = {"class": self.new_class, "score": 1.0}
-            ly.current_edge_color = colour
+            self.layers["boxes"].current_edge_color = colour
         if "points" in self.layers:
             ly = self.layers["points"]
-            ly.feature_defaults = {"class": self.new_class, "label": self.new_label}
             ly.current_face_color = colour
             ly.current_symbol = "disc" if self.new_label == 1 else "x"
+
+    def _set_feature_defaults(self) -> None:
+        if "boxes" in self.layers:
+            self.layers["boxes"].feature_defaults = {"class": self.new_class, "score": 1.0}
+        if "points" in self.layers:
+            self.layers["points"].feature_defaults = {"class": self.new_class, "label": self.new_label}
 
     # ------------------------------------------------------------------ previews from the engine
     def apply_preview(self, d: dict[str, Any]) -> None:
@@ -146,20 +152,26 @@ class ReviewLayers(QObject):
         self.ctl.review_changed.emit()
 
     def _draw_prompts(self) -> None:
+        """Show the prompt table. Events are held while the layers change and each is refreshed once:
+        every setter otherwise re-slices the layer and re-checks the viewer's dims (about 3x the time, on
+        the main thread, once per preview)."""
         axis, nd = self.ctl.axis, len(self.ctl.image_shape())
         t = self.table
         boxes, points = self.layers["boxes"], self.layers["points"]
-        boxes.data = []
-        if len(t.box):
-            boxes.add_rectangles(t.shapes_data(axis, nd), edge_color=[self.class_colour(c) for c in t.box_class],
-                                 face_color="transparent", edge_width=1.5)
-        boxes.features = pd.DataFrame({"class": t.box_class.astype(int), "score": t.box_score.astype(float)})
-        points.data = t.points_data(axis, nd)
-        points.features = pd.DataFrame({"class": t.point_class.astype(int), "label": t.point_label.astype(int)})
-        if len(t.point):
-            points.face_color = [self.class_colour(c) for c in t.point_class]
-            points.symbol = ["disc" if lab == 1 else "x" for lab in t.point_label]
-        self.set_new_prompt_kind(self.new_class, self.new_label)
+        with boxes.events.blocker_all(), points.events.blocker_all():
+            boxes.data = []
+            if len(t.box):
+                boxes.add_rectangles(t.shapes_data(axis, nd), face_color="transparent", edge_width=1.5,
+                                     edge_color=[self.class_colour(c) for c in t.box_class])
+            boxes.features = pd.DataFrame({"class": t.box_class.astype(int), "score": t.box_score.astype(float)})
+            points.data = t.points_data(axis, nd)
+            points.features = pd.DataFrame({"class": t.point_class.astype(int), "label": t.point_label.astype(int)})
+            if len(t.point):
+                points.face_color = [self.class_colour(c) for c in t.point_class]
+                points.symbol = ["disc" if lab == 1 else "x" for lab in t.point_label]
+            self._set_feature_defaults()  # setting features resets them to the first row
+        boxes.refresh()
+        points.refresh()
 
     # ------------------------------------------------------------------ user edits
     def read_table(self) -> PromptTable:
