@@ -194,33 +194,19 @@ def _predict_cohort(args: argparse.Namespace, model: Path) -> int:
     """One mask per volume of --images into the folder --out, named like its volume (so that the masks can be
     given back as --labels), NIfTI with the source's geometry (TIFF for TIFF sources). Every target is checked
     before the first is written."""
-    from .core.checkpoint import check_writable_folder, storage_error
     from .core.data.cohort import list_cohort
-    from .core.data.io import file_kind, read_volume
-    from .core.data.outputs import check_new_files, check_not_an_input
-    from .core.data.writers import write_mask
     from .core.engine.export import load_model
-    from .core.match.inference import predict_volume
+    from .core.match.cohort_masks import check_mask_folder, predict_to_folder
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SamatchError(f"--out '{out}' is a file; with --images it must be a folder (one mask per volume).")
-    check_not_an_input([out], {"--model": model, "--images": args.images}, "choose another --out folder")
     members = list_cohort(args.images)
-    targets = [out / (m.name + (".tif" if file_kind(m.image) == "tiff" else ".nii.gz")) for m in members]
-    check_not_an_input(targets, {f"volume {m.name}": m.image for m in members}, "choose another --out folder")
-    check_new_files(targets, args.overwrite)
-    check_writable_folder(out, "Choose another folder for --out.")
+    targets = check_mask_folder(members, out, args.overwrite, {"--model": model, "--images": args.images})
     unet, config = load_model(model)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise storage_error(out, exc) from exc
-    for k, (m, target) in enumerate(zip(members, targets)):
-        vol = read_volume(m.image)
-        pred = predict_volume(unet, vol.image, config.size, axis=args.axis)
-        write_mask(target, pred, like=vol, overwrite=args.overwrite)
-        print(f"[{k + 1}/{len(members)}] {m.name} -> {target.name}", file=sys.stderr)
+    predict_to_folder(unet, config.size, members, targets, args.overwrite, axis=args.axis,
+                      on_volume=lambda k, m, target: print(f"[{k + 1}/{len(members)}] {m.name} -> {target.name}",
+                                                           file=sys.stderr))
     print(f"{len(members)} masks written to {out}")
     return 0
 

@@ -10,6 +10,9 @@ slices of a label file (any non-zero voxel) are labeled; its other slices, and e
 a label file, are unlabeled, as for a single volume (``SliceSet.from_volume``). An ``.h5`` file's own 'label'
 dataset is kept as ``hidden`` (never trained on): it is ground truth, not a user's painting.
 
+Paintings: ``paintings`` maps a member's name to a label volume held in memory (the napari Cohort dock's
+painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled.
+
 Memory: when every image and label file is NIfTI the slices are read from disk when used
 (``lazy.nifti_slices``; use ``.nii`` rather than ``.nii.gz`` for large cohorts). Other formats are read
 eagerly, one volume at a time, keeping only the normalised float32 slices.
@@ -21,7 +24,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -90,42 +93,104 @@ def _label_files(root: Path, names: set[str]) -> dict[str, Path]:
     return out
 
 
-def cohort_slices(members: Sequence[Member], axis: int = 0, class_names: Sequence[str] | None = None) -> SliceSet:
+def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """A member's shape in array order (as ``read_volume`` gives it), from the file's header where the format
+    has one (NIfTI, TIFF, .h5); other members (DICOM series) are read whole."""
+    path = Path(path)
+    kind = file_kind(path)
+    with reading(path, kind or "an image"):
+        if kind == "nifti":
+            from .lazy import nifti_image
+
+            shape = tuple(int(s) for s in nifti_image(str(path)).shape)
+            while len(shape) > 3 and shape[-1] == 1:  # (X, Y, Z, 1) is a volume, as read_volume reads it
+                shape = shape[:-1]
+            return shape[::-1]
+        if kind == "h5":
+            import h5py
+
+            with h5py.File(str(path), "r") as f:
+                if "image" in f:
+                    return tuple(int(s) for s in f["image"].shape)
+        if kind == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(str(path)) as tif:
+                series = tif.series[0]
+                if not series.axes.endswith("S"):  # colour TIFFs lose their channel axis when read
+                    return tuple(int(s) for s in series.shape)
+    return tuple(read_volume(path).shape)
+
+
+def cohort_slices(members: Sequence[Member], axis: int = 0, class_names: Sequence[str] | None = None,
+                  paintings: Mapping[str, np.ndarray] | None = None) -> SliceSet:
     """Training slices of a cohort (see the module docstring); a ``DataError`` sentence when nothing is labeled."""
-    if not any(m.labels is not None for m in members):
+    paintings = dict(paintings or {})
+    if not any(m.labels is not None or m.name in paintings for m in members):
         raise DataError(f"None of the {len(members)} volumes has a label file, so no slice is labeled; give "
                         "--labels DIR with a file named like a volume in which a few slices are painted.")
     lazy = all(file_kind(m.image) == "nifti" and (m.labels is None or file_kind(m.labels) == "nifti")
                for m in members)
-    return _lazy(members, axis, class_names) if lazy else _eager(members, axis, class_names)
+    return (_lazy if lazy else _eager)(members, axis, class_names, paintings)
 
 
-def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | None) -> SliceSet:
+def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | None,
+          paintings: dict[str, np.ndarray]) -> SliceSet:
     from .lazy import nifti_image, nifti_slices
 
     for m in members:  # headers only: a label on another grid would land on the wrong voxels
-        if m.labels is not None:
+        if m.labels is not None and m.name not in paintings:
             with reading(m.labels, "NIfTI"):
                 a, b = nifti_image(str(m.image)).affine, nifti_image(str(m.labels)).affine
             if not np.allclose(a, b, rtol=1e-4, atol=1e-3):
                 raise DataError(f"The labels '{m.labels.name}' and the image '{m.image.name}' are on different grids "
                                 "(NIfTI affines differ); re-export the labels on the image's grid.")
-    return nifti_slices([m.image for m in members], [m.labels for m in members], axis=axis,
-                        num_classes=len(class_names) if class_names else None, class_names=class_names)
+    files = [None if m.name in paintings else m.labels for m in members]
+    data = nifti_slices([m.image for m in members], files, axis=axis, class_names=class_names,
+                        num_classes=len(class_names) if class_names else None, check=not paintings)
+    if not paintings:
+        return data
+    for m in members:
+        if m.name in paintings and tuple(np.shape(paintings[m.name])) != volume_shape(m.image):
+            raise DataError(f"The labels painted on '{m.name}' have shape {np.shape(paintings[m.name])} but the "
+                            f"image {volume_shape(m.image)}; paint on a labels layer of the image's shape.")
+    top = 0
+    for i, (group, z) in enumerate(zip(data.groups, data.positions)):
+        if group in paintings:  # the painted slice itself, in memory, stands in for a label file's slice
+            lab = np.take(paintings[group], z, axis=axis)
+            if lab.any():
+                data.labels.refs[i] = np.ascontiguousarray(lab)  # type: ignore[attr-defined]
+                top = max(top, int(lab.max()))
+    return _with_classes(data, top, class_names).validate()
 
 
-def _eager(members: Sequence[Member], axis: int, class_names: Sequence[str] | None) -> SliceSet:
+def _with_classes(data: SliceSet, top: int, class_names: Sequence[str] | None) -> SliceSet:
+    """The class count grown to the largest painted class (never shrunk below the files' or the names')."""
+    n = max(data.num_classes, top + 1, len(class_names or ()), 2)
+    if n != data.num_classes:
+        names = list(data.class_names)
+        data.num_classes, data.class_names = n, (names + default_class_names(n)[len(names):])[:n]
+    return data
+
+
+def _eager(members: Sequence[Member], axis: int, class_names: Sequence[str] | None,
+           paintings: dict[str, np.ndarray]) -> SliceSet:
     from .datasets import check_class_values  # datasets reads every source; imported here, not at the top
     images, labels, hidden, ids, groups, positions = [], [], [], [], [], []
     top = 0
     for m in members:
         vol = read_volume(m.image)
         truth = vol.labels  # an .h5 file's own labels: kept out of training
-        vol.labels = read_label(m.labels, like=vol) if m.labels is not None else None
+        if m.name in paintings:
+            vol.labels = np.asarray(paintings[m.name])
+            vol.validate()  # a painting of another shape: a sentence, not an IndexError
+        else:
+            vol.labels = read_label(m.labels, like=vol) if m.labels is not None else None
         ims, labs = vol.as_3d(axis)
         truths = None if truth is None else as_3d(truth, axis)
         if labs is not None:
-            check_class_values(vol.labels, f"The labels '{m.labels}'")
+            check_class_values(vol.labels, f"The labels '{m.labels}'" if m.name not in paintings
+                               else f"The labels painted on '{m.name}'")
         painted = set(vol.labeled_slices(axis).tolist()) if labs is not None else set()
         for z in range(len(ims)):
             images.append(normalise_slice(ims[z]))

@@ -199,10 +199,15 @@ class LazySlices(_LazySequence):
 
 
 class LazyLabels(_LazySequence):
-    """Labels read on access; a ``None`` ref is a slice without one (``present()`` needs no file access)."""
+    """Labels read on access; a ``None`` ref is a slice without one (``present()`` needs no file access).
 
-    def _read(self, ref: SliceRef | None) -> np.ndarray | None:
-        return None if ref is None else read_label(ref)
+    A ref may also be a 2D array: a slice painted in napari and held in memory, standing in for the file's.
+    """
+
+    def _read(self, ref: SliceRef | np.ndarray | None) -> np.ndarray | None:
+        if ref is None or isinstance(ref, np.ndarray):
+            return ref
+        return read_label(ref)
 
     def present(self) -> list[bool]:
         return [r is not None for r in self.refs]
@@ -282,14 +287,14 @@ def ssl4mis_volume_slices(root: str | os.PathLike, list_file: str = "val.list", 
 
 def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.PathLike | None] | None = None,
                  labeled_volumes: Iterable[int] | None = None, axis: int = 0, num_classes: int | None = None,
-                 class_names: Sequence[str] | None = None) -> SliceSet:
+                 class_names: Sequence[str] | None = None, check: bool = True) -> SliceSet:
     """Slices of a cohort of NIfTI volumes, read one slice at a time.
 
     For a volume in ``labeled_volumes`` (default: every volume with a label file) the slices painted in
     its label file (any non-zero voxel) are labeled and the others unlabeled, as ``SliceSet.from_volume``
     does for one volume; each such label file is read once here to find them (labels are small). The label
     files of the other volumes become ``hidden`` (never read for training). ``num_classes`` defaults to the
-    largest class painted + 1.
+    largest class painted + 1. ``check=False`` leaves ``validate()`` to the caller (who adds labels first).
     """
     labels = list(labels) if labels is not None else [None] * len(images)
     if len(labels) != len(images):
@@ -344,8 +349,9 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
     names = list(class_names or [])
     num_classes = num_classes or max(len(names), top + 1, 2)
     names = (names + default_class_names(num_classes)[len(names):])[:num_classes]
-    return SliceSet(LazySlices(img_refs, shapes), LazyLabels(lab_refs), LazyLabels(hid_refs), ids, groups,
-                    positions, num_classes, names).validate()
+    data = SliceSet(LazySlices(img_refs, shapes), LazyLabels(lab_refs), LazyLabels(hid_refs), ids, groups,
+                    positions, num_classes, names)
+    return data.validate() if check else data
 
 
 def ssl4mis_footprint_mb(root: str | os.PathLike, list_file: str = "train_slices.list",

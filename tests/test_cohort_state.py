@@ -1,0 +1,116 @@
+"""The cohort the napari Cohort dock holds (core, headless): shapes from headers, labeled counts, paintings kept in
+memory and overriding label files in training, and the masks of every volume written into a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import tifffile
+
+from napari_samatch.core.data.cohort import volume_shape
+from napari_samatch.core.data.cohort_state import CohortState, painted_slices
+from napari_samatch.core.errors import DataError, StorageError
+from napari_samatch.core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
+from napari_samatch.core.match.unet import UNet
+
+SHAPE = (6, 24, 20)  # (Z, Y, X)
+
+
+def _affine(k: int) -> np.ndarray:
+    return np.array([[0.9, 0, 0, -10.0 - k], [0, 1.1, 0, 5.0], [0, 0, 3.0, 7.0 * k], [0, 0, 0, 1]])
+
+
+def _volume(k: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(k)
+    image = rng.normal(0, 0.1, SHAPE).astype(np.float32)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[:, 6:16, 5:13] = 1
+    image[labels == 1] += 1.0
+    return image, labels
+
+
+def _save(path: Path, arr: np.ndarray, k: int) -> None:
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.T), _affine(k)), str(path))
+
+
+@pytest.fixture
+def cohort(tmp_path) -> tuple[Path, Path]:
+    """p1 (a label file painting slices 1 and 4), p2 and p3 (no label file)."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for k in (1, 2, 3):
+        image, lab = _volume(k)
+        _save(images / f"p{k}.nii.gz", image, k)
+        if k == 1:
+            only = np.zeros_like(lab)
+            only[[1, 4]] = lab[[1, 4]]
+            _save(labels / "p1.nii.gz", only, k)
+    return images, labels
+
+
+def test_shapes_from_headers_and_labeled_counts(cohort, tmp_path):
+    state = CohortState.open(*cohort)
+    rows = state.rows()
+    assert [(r.name, r.shape, r.labeled, r.painted_here) for r in rows] == [
+        ("p1", SHAPE, 2, False), ("p2", SHAPE, 0, False), ("p3", SHAPE, 0, False)]
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((3, 8, 9), np.uint16))
+    assert volume_shape(tmp_path / "t.tif") == (3, 8, 9)
+    assert painted_slices(np.zeros((2, 3)), 0) == []
+
+
+def test_paintings_are_kept_and_override_label_files_in_training(cohort):
+    state = CohortState.open(*cohort)
+    vol = state.load("p2")
+    assert vol.labels.shape == SHAPE and not vol.labels.any()
+    assert not state.keep("p2", vol.labels)  # unchanged: nothing held in memory
+    painted = vol.labels.copy()
+    painted[3, 8:12, 6:10] = 2  # a new class on slice 3
+    assert state.keep("p2", painted) and state.labeled("p2") == [3]
+    painted[3] = 0  # the held copy is the state's own
+    assert state.labeled("p2") == [3]
+    again = state.load("p2").labels
+    assert again[3].max() == 2
+
+    # p1's painting replaces its label file: slice 4 erased, slice 0 added
+    p1 = state.load("p1").labels
+    p1[4] = 0
+    p1[0, 6:16, 5:13] = 1
+    assert state.keep("p1", p1)
+    assert [(r.name, r.labeled, r.painted_here) for r in state.rows()] == [
+        ("p1", 2, True), ("p2", 1, True), ("p3", 0, False)]
+    data = state.training_slices(["background", "heart"])
+    assert data.is_lazy and len(data) == 18
+    assert [data.ids[i] for i in data.labeled_indices()] == ["p1_slice_0", "p1_slice_1", "p2_slice_3"]
+    assert data.num_classes == 3 and data.class_names == ["background", "heart", "class 2"]
+    assert data.labels[data.ids.index("p2_slice_3")].max() == 2
+    with pytest.raises(DataError, match="shape"):
+        state.keep("p3", np.zeros((2, 2, 2), np.uint8))
+
+
+def test_no_label_anywhere_is_a_sentence(cohort):
+    state = CohortState.open(cohort[0])
+    with pytest.raises(DataError, match="No slice of the 3 volumes is labeled yet"):
+        state.training_slices()
+    with pytest.raises(DataError, match="is not a folder"):
+        CohortState.open(cohort[0] / "p1.nii.gz")
+
+
+def test_masks_of_every_volume_keep_the_source_geometry(cohort, tmp_path):
+    state = CohortState.open(*cohort)
+    out = tmp_path / "masks"
+    targets = check_mask_folder(state.members, out, overwrite=False)
+    assert targets == mask_targets(state.members, out)
+    written = predict_to_folder(UNet(1, 2), 32, state.members, targets, overwrite=False)
+    assert [p.name for p in written] == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
+    for k, p in enumerate(written, start=1):
+        img = nib.load(str(p))
+        assert img.shape == SHAPE[::-1] and np.allclose(img.affine, _affine(k))
+    with pytest.raises(StorageError, match="already exists"):
+        check_mask_folder(state.members, out, overwrite=False)
+    assert check_mask_folder(state.members, out, overwrite=True) == targets
+    with pytest.raises(DataError, match="is the input"):
+        check_mask_folder(state.members, cohort[0], overwrite=True)
