@@ -1,4 +1,4 @@
-"""The napari docks of napari-samatch: Data, Train and Review.
+"""The napari docks of napari-samatch: Data, Train and Review, and Cohort for a folder of volumes.
 
 Three docks rather than one: they match the three things a user does (choose and paint data; train;
 review, correct and export), each can be opened, closed or tabified on its own from the Plugins menu,
@@ -48,8 +48,9 @@ def _preload() -> None:
 
 _preload()
 
+from ._cohort_widget import CohortWidget  # noqa: E402
 from ._data_widget import DataWidget  # noqa: E402
 from ._review_widget import ReviewWidget  # noqa: E402
 from ._train_widget import TrainWidget  # noqa: E402
 
-__all__ = ["DataWidget", "TrainWidget", "ReviewWidget"]
+__all__ = ["DataWidget", "TrainWidget", "ReviewWidget", "CohortWidget"]

@@ -21,6 +21,7 @@ from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.config import RunConfig
+from ..core.data.cohort_state import CohortState
 from ..core.data.slices import SliceSet, default_class_names
 from ..core.data.volume import Volume
 from ..core.engine import events as ev
@@ -30,7 +31,7 @@ from ._notify import notify_error
 from ._registry import CONTROLLERS
 from ._runner import TrainingJob
 from ._shutdown import finish_on_quit, finish_workers
-from ._slicing import build_slices, held_out, volume_from_layers
+from ._slicing import build_slices, cohort_engine, held_out, volume_from_layers
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Controller(QObject):
         self.state = "idle"
         self.val_slices = 0
         self.last_config: RunConfig | None = None
+        self.cohort: CohortState | None = None  # while a cohort is open (Cohort dock), Start trains on all of it
+        self.cohort_shown: str | None = None    # the member whose layers are shown
         self._labeled: list[int] = []
         self._pbar: progress | None = None
         self._labeled_timer = QTimer(self)
@@ -265,6 +268,8 @@ class Controller(QObject):
         if self.job is not None:
             show_warning("A run is already going. Stop it first, or wait until it ends.")
             return False
+        if self.cohort is not None:
+            return self._start_cohort(config, fresh)
         try:
             labeled = self.labeled_slices()
             if not labeled:
@@ -302,6 +307,37 @@ class Controller(QObject):
         self._launch(TrainingJob(make_engine, self.num_slices(), self.slice_hw(), ckpt_dir), config.total_iters)
         return True
 
+    def keep_cohort_painting(self) -> None:
+        """Hand the shown cohort member's labels layer to the cohort state (kept in memory if painted)."""
+        ly = self.labels_layer
+        if self.cohort is not None and ly is not None and ly.metadata.get("cohort_member") == self.cohort_shown:
+            self.cohort.keep(self.cohort_shown, np.asarray(ly.data))
+
+    def _start_cohort(self, config: RunConfig, fresh: bool) -> bool:
+        """One model on every member of the open cohort; no previews (its slices are not the shown image's)."""
+        cohort = self.cohort
+        try:
+            if not fresh and self.engine is None:
+                raise DataError("There is no model to continue yet. Press Start to train one, or load a model.")
+            self.keep_cohort_painting()
+            paintings = dict(cohort.paintings)  # arrays are replaced, never edited, by keep(): a snapshot
+            cohort.check_labeled(paintings)
+        except SamatchError as exc:
+            notify_error(str(exc))
+            return False
+        self.last_config = config
+        engine, names = (None if fresh else self.engine), list(self.class_names)
+
+        def make_engine():  # worker thread: label files are read here
+            return cohort_engine(cohort, paintings, names, config, engine)
+
+        self.sessions.autosave(force=True)
+        self.message.emit(f"Training one model on the cohort: {len(cohort.members)} volumes, "
+                          f"{len(paintings)} painted here.")
+        self._launch(TrainingJob(make_engine, 1, (1, 1), str(self.sessions.folder / "checkpoints"), previews=False),
+                     config.total_iters, review=False)
+        return True
+
     def update_previews(self) -> bool:
         """Recompute pseudo-labels, confidence and prompts of every slice with the current models."""
         if self.engine is None:
@@ -314,10 +350,11 @@ class Controller(QObject):
         self._launch(TrainingJob(lambda: engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
         return True
 
-    def _launch(self, job: TrainingJob, total: int) -> None:
+    def _launch(self, job: TrainingJob, total: int, review: bool = True) -> None:
         # Create the review layers now, while the user expects a moment's wait: their first creation
         # costs napari imports and widgets, which must not land in the middle of a run.
-        self.review.ensure_layers()
+        if review:
+            self.review.ensure_layers()
         self.job = job
         job.event.connect(self._on_job_event)
         job.done.connect(self._on_job_done)

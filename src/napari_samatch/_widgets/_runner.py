@@ -39,7 +39,8 @@ def failure_message(exc: BaseException, what: str = "Training") -> str:
 class TrainingJob(QObject):
     """Build an engine (or continue one), run it, then preview every slice; all in a worker thread.
 
-    ``make_engine`` runs in the worker thread and returns the engine to run. Signals (main thread):
+    ``make_engine`` runs in the worker thread and returns the engine to run. ``previews=False`` (a cohort: its
+    slices are not the shown image's) sends no pseudo-labels to the review layers. Signals (main thread):
     ``event(Event)`` and ``done(dict)`` with keys ``engine``, ``summary``, ``error`` (a sentence or None).
     """
 
@@ -48,7 +49,7 @@ class TrainingJob(QObject):
 
     def __init__(self, make_engine: Callable[[], Any], n_slices: int, hw: tuple[int, int],
                  checkpoint_dir: str | None, preview_every_s: float = 20.0, max_rate: float = 10.0,
-                 final_preview: bool = True, run: bool = True) -> None:
+                 final_preview: bool = True, run: bool = True, previews: bool = True) -> None:
         super().__init__()
         self.make_engine = make_engine
         self.n_slices = n_slices
@@ -56,7 +57,8 @@ class TrainingJob(QObject):
         self.checkpoint_dir = checkpoint_dir
         self.preview_every_s = preview_every_s
         self.min_interval = 1.0 / max_rate
-        self.final_preview = final_preview
+        self.previews = previews
+        self.final_preview = final_preview and previews
         self.do_run = run
         self.engine = None
         self._stop = threading.Event()
@@ -131,10 +133,12 @@ class TrainingJob(QObject):
             now = time.monotonic()
             if now - self._last_emit >= self.min_interval:
                 self._flush()
-            if event.stage == "joint" and now - self._last_preview >= self.preview_every_s:
+            if self.previews and event.stage == "joint" and now - self._last_preview >= self.preview_every_s:
                 self._request_preview(now)
             return
         if event.kind == ev.PSEUDO_LABELS:
+            if not self.previews:
+                return
             event.data = self._display(event.data)
         self._flush()
         self._emit(event)

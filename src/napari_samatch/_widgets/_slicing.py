@@ -9,6 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.config import RunConfig
+from ..core.data.cohort import cohort_slices
+from ..core.data.cohort_state import CohortState
 from ..core.data.slices import SliceSet
 from ..core.data.volume import Volume, to_single_channel
 from ..core.errors import DataError
@@ -54,6 +57,20 @@ def build_slices(vol: Volume, axis: int, labeled: Sequence[int], held: Sequence[
     for i in held:
         data.hidden[i] = full.labels[i]  # lets the engine also score the pseudo-labels of these slices
     return data, full.subset(list(held))
+
+
+def cohort_engine(cohort: CohortState, paintings: dict[str, np.ndarray], class_names: Sequence[str],
+                  config: RunConfig, engine: Any = None) -> Any:
+    """A new engine on every slice of the cohort (paintings over label files), or ``engine``'s next round on it.
+    Runs in the worker thread: it reads the label files."""
+    from ..core.engine.engine import Engine
+
+    data = cohort_slices(cohort.members, cohort.axis, list(class_names) or None, paintings=paintings)
+    cfg = config.replace(num_classes=data.num_classes, class_names=list(data.class_names), checkpoint_dir=None)
+    if engine is None:
+        return Engine(data, cfg)
+    engine.next_round(data, cfg)
+    return engine
 
 
 def layer_source(layer: Any) -> str | None:

@@ -123,9 +123,14 @@ class CohortState:
         return True
 
     # ------------------------------------------------------------------ training
-    def training_slices(self, class_names: list[str] | None = None) -> SliceSet:
-        """Every slice of every member; the painted slices (paintings over label files) are labeled."""
-        if not self.paintings and not any(m.labels is not None for m in self.members):
+    def check_labeled(self, paintings: dict[str, np.ndarray] | None = None) -> None:
+        """A DataError sentence when no member has a label file or a painting: nothing to train on."""
+        paintings = self.paintings if paintings is None else paintings
+        if not paintings and not any(m.labels is not None for m in self.members):
             raise DataError(f"No slice of the {len(self.members)} volumes is labeled yet; click a volume, paint a few "
                             "of its slices, then start training.")
+
+    def training_slices(self, class_names: list[str] | None = None) -> SliceSet:
+        """Every slice of every member; the painted slices (paintings over label files) are labeled."""
+        self.check_labeled()
         return cohort_slices(self.members, self.axis, class_names or None, paintings=self.paintings)

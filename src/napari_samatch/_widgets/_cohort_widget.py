@@ -1,0 +1,278 @@
+"""The Cohort dock: a folder of volumes (and of label files), one shown at a time to paint, one model for all.
+
+The dock only shows and delegates: the cohort (members, shapes, labeled counts, the volumes painted here) is a
+core ``CohortState`` held by the viewer's Controller; while it is open, the Train dock's Start trains one model
+on every volume (``Controller.start``); "Predict all and export" writes one mask per volume in a worker thread
+(``core/match/cohort_masks.py``, as ``napari-samatch predict --images``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_info, show_warning
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .._reader import volume_to_layer_data
+from ..core.data.cohort_state import CohortState
+from ..core.device import autocast
+from ..core.errors import DataError, SamatchError
+from ..core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
+from ._controller import get_controller
+from ._notify import notify_error
+from ._runner import failure_message
+
+COLUMNS = ("Volume", "Shape", "Labeled slices")
+
+
+class CohortWidget(QWidget):
+    """Open a cohort, see its volumes, click one to paint it, predict and export every volume."""
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.ctl = get_controller(napari_viewer)
+        self.export_worker: Any = None
+        self.written: list[Path] = []  # the masks of the last export
+        lay = QVBoxLayout(self)
+
+        form = QFormLayout()
+        self.images_edit, self.labels_edit = QLineEdit(), QLineEdit()
+        self.images_edit.setPlaceholderText("a folder of volumes (NIfTI, TIFF, .h5, DICOM series)")
+        self.labels_edit.setPlaceholderText("optional: label files named like the volumes")
+        for label, edit, what in (("Images", self.images_edit, "images"), ("Labels", self.labels_edit, "labels")):
+            row = QHBoxLayout()
+            btn = QPushButton("Browse...")
+            btn.clicked.connect(lambda _=False, e=edit, w=what: self._browse(e, w))
+            row.addWidget(edit, 1)
+            row.addWidget(btn)
+            form.addRow(label, row)
+        lay.addLayout(form)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open folder...")
+        self.open_btn.setToolTip("Open the cohort of the Images folder (and the optional Labels folder).")
+        self.close_btn = QPushButton("Close cohort")
+        row.addWidget(self.open_btn)
+        row.addWidget(self.close_btn)
+        lay.addLayout(row)
+
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setToolTip("Click a volume to show it with its labels and paint a few of its slices.")
+        lay.addWidget(self.table, 1)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.export_btn = QPushButton("Predict all and export...")
+        self.export_btn.setToolTip("Segment every volume with the current model; one mask per volume into a folder.")
+        lay.addWidget(self.export_btn)
+
+        self.open_btn.clicked.connect(self._open_clicked)
+        self.close_btn.clicked.connect(self.close_cohort)
+        self.table.itemSelectionChanged.connect(self._row_chosen)
+        self.export_btn.clicked.connect(self._export_clicked)
+        self.ctl.labeled_changed.connect(self._on_labeled)
+        self._show_status()
+
+    # ------------------------------------------------------------------ opening
+    def _browse(self, edit: QLineEdit, what: str) -> None:
+        folder = QFileDialog.getExistingDirectory(self, f"The folder of {what}")
+        if folder:
+            edit.setText(folder)
+
+    def _open_clicked(self) -> None:
+        if not self.images_edit.text().strip():
+            self._browse(self.images_edit, "images")
+        if self.images_edit.text().strip():
+            self.open_cohort(self.images_edit.text().strip(), self.labels_edit.text().strip() or None)
+
+    def open_cohort(self, images: str | Path, labels: str | Path | None = None) -> bool:
+        """Open a cohort (replacing one already open); a bad folder is one notification. True when opened."""
+        if self.ctl.job is not None:
+            show_warning("A run is going; open the cohort when it ends (or stop it).")
+            return False
+        try:
+            state = CohortState.open(images, labels, axis=self.ctl.axis)
+            rows = state.rows()  # headers and label files: a bad file is a sentence now, not at a click
+        except SamatchError as exc:
+            notify_error(str(exc))
+            return False
+        self._remove_shown()
+        self.ctl.cohort, self.ctl.cohort_shown = state, None
+        self.images_edit.setText(str(images))
+        self.labels_edit.setText(str(labels or ""))
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate((row.name, " x ".join(map(str, row.shape)), str(row.labeled))):
+                self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.blockSignals(False)
+        self._show_status()
+        return True
+
+    def close_cohort(self) -> None:
+        """Forget the cohort (its paintings too); Start trains on the chosen layers again."""
+        self._remove_shown()
+        self.ctl.cohort, self.ctl.cohort_shown = None, None
+        self.table.setRowCount(0)
+        self._show_status()
+
+    # ------------------------------------------------------------------ showing a member
+    def _row_chosen(self) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if rows and self.ctl.cohort is not None:
+            self.show_member(self.ctl.cohort.members[rows[0].row()].name)
+
+    def show_member(self, name: str) -> bool:
+        """Show a member as an image and a labels layer (its painting, label file, or empty), chosen for painting;
+        the member shown before keeps its painting in the cohort state."""
+        ctl, state = self.ctl, self.ctl.cohort
+        if state is None or name == ctl.cohort_shown:
+            return state is not None
+        try:
+            ctl.keep_cohort_painting()
+            vol = state.load(name)
+        except SamatchError as exc:
+            notify_error(str(exc))
+            return False
+        self._update_row(ctl.cohort_shown)
+        old = self._shown_layers()
+        (image, ikw, _), (labels, lkw, _) = volume_to_layer_data(vol)
+        img = self.viewer.add_image(image, **{**ikw, "metadata": {**ikw["metadata"], "cohort_member": name}})
+        lab = self.viewer.add_labels(labels, **{**lkw, "metadata": {**lkw["metadata"], "cohort_member": name}})
+        ctl.cohort_shown = name
+        ctl.set_image_layer(img)
+        ctl.set_labels_layer(lab)
+        for ly in old:
+            self.viewer.layers.remove(ly)
+        self.viewer.layers.selection.active = lab
+        self._select_row(name)
+        self._show_status()
+        return True
+
+    def _shown_layers(self) -> list:
+        return [ly for ly in self.viewer.layers if ly.metadata.get("cohort_member") is not None]
+
+    def _remove_shown(self) -> None:
+        if self.ctl.cohort is not None:
+            try:
+                self.ctl.keep_cohort_painting()
+            except SamatchError as exc:
+                notify_error(str(exc))
+        for ly in self._shown_layers():
+            self.viewer.layers.remove(ly)
+
+    def _select_row(self, name: str) -> None:
+        names = self.ctl.cohort.names()
+        self.table.blockSignals(True)
+        self.table.selectRow(names.index(name))
+        self.table.blockSignals(False)
+
+    def _update_row(self, name: str | None, labeled: int | None = None) -> None:
+        state = self.ctl.cohort
+        if state is None or name is None or name not in state.names():
+            return
+        n = len(state.labeled(name)) if labeled is None else labeled
+        self.table.item(state.names().index(name), 2).setText(str(n))
+
+    def _on_labeled(self) -> None:
+        ly = self.ctl.labels_layer
+        if ly is not None and ly.metadata.get("cohort_member") == self.ctl.cohort_shown:
+            self._update_row(self.ctl.cohort_shown, len(self.ctl.labeled_slices()))
+
+    def _show_status(self) -> None:
+        state = self.ctl.cohort
+        if state is None:
+            self.status.setText("Open a folder of volumes to train one model on all of them.")
+            return
+        shown = f" Showing {self.ctl.cohort_shown}." if self.ctl.cohort_shown else " Click a volume to paint it."
+        self.status.setText(f"{len(state.members)} volumes. Start in the Train dock trains one model on all of them "
+                            f"(painted slices and label files).{shown}")
+
+    # ------------------------------------------------------------------ predict and export
+    def _export_clicked(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Write one mask per volume into a folder")
+        if folder:
+            self.predict_all(folder)
+
+    def predict_all(self, folder: str | Path, overwrite: bool | None = None) -> bool:
+        """Predict every member with the current model and write its mask into ``folder`` (worker thread).
+
+        Existing masks there are replaced only when ``overwrite`` (``None``: ask the user). True when started.
+        """
+        ctl, state = self.ctl, self.ctl.cohort
+        try:
+            if state is None:
+                raise DataError("Open a cohort first (a folder of volumes), then predict all of its volumes.")
+            if ctl.engine is None:
+                raise DataError("There is no model yet: train one (Start in the Train dock) or load one.")
+            if ctl.job is not None or self.export_worker is not None:
+                raise DataError("A run or an export is going; predict all when it ends.")
+            existing = [t for t in mask_targets(state.members, folder) if t.is_file()]
+            if existing and overwrite is None:
+                overwrite = self._confirm_replace(folder, len(existing))
+            targets = check_mask_folder(state.members, folder, bool(overwrite),
+                                        {"images folder": state.images, "labels folder": state.labels},
+                                        fix="choose another folder",
+                                        exists_fix="choose another folder, or agree to replace the masks there",
+                                        writable_fix="Choose another folder.")
+        except SamatchError as exc:
+            notify_error(str(exc))
+            return False
+        engine, members = ctl.engine, list(state.members)
+
+        def work():  # worker thread, one volume at a time (the main thread sees progress and may quit)
+            amp = autocast(engine.device, engine.config.amp)
+            for k, (m, target) in enumerate(zip(members, targets)):
+                with engine.lock:
+                    predict_to_folder(engine.unet, engine.config.size, [m], [target], bool(overwrite),
+                                      axis=state.axis, device=engine.device, amp=amp)
+                yield k + 1
+
+        self.written = []
+        self.status.setText(f"Predicting {len(members)} volumes into {folder}...")
+        self.export_btn.setEnabled(False)
+        worker = create_worker(work, _start_thread=False)
+        worker.yielded.connect(lambda k: (self.written.append(targets[k - 1]),
+                                          self.status.setText(f"{k} of {len(members)} masks written to {folder}.")))
+        worker.returned.connect(lambda _=None: self._export_done(folder, None))
+        worker.errored.connect(lambda exc: self._export_done(folder, failure_message(exc, "Predicting the cohort")))
+        self.export_worker = worker
+        worker.start()
+        return True
+
+    def _confirm_replace(self, folder: str | Path, n: int) -> bool:
+        answer = QMessageBox.question(self, "Replace masks?", f"{n} mask(s) already exist in {folder}. Replace them?")
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _export_done(self, folder: str | Path, error: str | None) -> None:
+        self.export_worker = None
+        self.export_btn.setEnabled(True)
+        if error:
+            notify_error(error)
+            self.status.setText(f"Export stopped after {len(self.written)} mask(s): {error}")
+        else:
+            show_info(f"{len(self.written)} masks written to {folder}.")
+            self._show_status()
+
+
+__all__ = ["CohortWidget"]
