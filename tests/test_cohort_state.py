@@ -114,3 +114,18 @@ def test_masks_of_every_volume_keep_the_source_geometry(cohort, tmp_path):
     assert check_mask_folder(state.members, out, overwrite=True) == targets
     with pytest.raises(DataError, match="is the input"):
         check_mask_folder(state.members, cohort[0], overwrite=True)
+
+
+def test_paintings_on_a_cohort_read_eagerly(tmp_path):
+    """TIFF volumes are read whole (not lazily); a painting still stands in for the missing label file."""
+    images = tmp_path / "tiffs"
+    images.mkdir()
+    for k in (1, 2):
+        tifffile.imwrite(images / f"t{k}.tif", _volume(k)[0])
+    state = CohortState.open(images)
+    assert [r.shape for r in state.rows()] == [SHAPE, SHAPE]
+    lab = state.load("t2").labels
+    lab[[0, 5]] = _volume(2)[1][[0, 5]]
+    assert state.keep("t2", lab)
+    data = state.training_slices()
+    assert not data.is_lazy and [data.ids[i] for i in data.labeled_indices()] == ["t2_slice_0", "t2_slice_5"]

@@ -86,6 +86,7 @@ def test_manifest():
     assert c.readers[0].command == "napari-samatch.get_reader"
     assert c.writers[0].command == "napari-samatch.write_labels"
     assert c.sample_data[0].command == "napari-samatch.make_sample_data"
-    assert [w.display_name for w in c.widgets] == ["Data", "Train", "Review"]
+    assert [w.display_name for w in c.widgets] == ["Data", "Train", "Review", "Cohort"]
     commands = {cmd.id: cmd.python_name for cmd in c.commands}
     assert commands["napari-samatch.train_widget"] == "napari_samatch._widgets:TrainWidget"
+    assert commands["napari-samatch.cohort_widget"] == "napari_samatch._widgets:CohortWidget"
