@@ -106,6 +106,8 @@ def test_open_paint_switch_train_and_export_all(docks, cohort_dirs, qtbot, tiny_
     assert engine is not None and len(engine.data) == 18
     assert [engine.data.ids[i] for i in engine.data.labeled_indices()] == ["p1_slice_1", "p1_slice_4", "p2_slice_3"]
     assert train.loss_plot.series and ctl.sessions.checkpoint_path.is_file()
+    # the cohort engine's slices are not the shown volume's: no pseudo-labels drawn onto it
+    assert not ctl.review.layers and not ctl.update_previews()
 
     # predict and export every volume, in a worker; the masks have their source's grid
     out = tmp_path / "masks"

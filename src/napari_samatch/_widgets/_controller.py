@@ -346,6 +346,9 @@ class Controller(QObject):
         if self.job is not None:
             show_warning("A run is going; its pseudo-labels appear as it trains.")
             return False
+        if self.cohort is not None:  # the engine's slices are the cohort's, not the shown volume's
+            show_warning("Pseudo-labels are not shown for a cohort yet; use Predict all and export in the Cohort dock.")
+            return False
         engine = self.engine
         self._launch(TrainingJob(lambda: engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
         return True
