@@ -376,6 +376,8 @@ class Engine:
 
         # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
         train_sam = c.sam_every > 0 and self.stage_iter % c.sam_every == 0
+        if not self.refiner.trains_encoder:  # encode new slices before the UNet's graph exists: peaks don't add
+            self.refiner.embeddings(iu.tolist(), u)
         self.sam.train(train_sam)
         pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight,
                                 prior=self.prior_of(iu))

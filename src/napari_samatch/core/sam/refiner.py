@@ -22,6 +22,8 @@ from .cache import EmbeddingCache
 from .fusion import fuse
 from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
+DECODE_CHUNK = 8  # prompts decoded together (see Refiner.decode)
+
 
 @dataclass
 class Refined:
@@ -68,7 +70,7 @@ class Refiner:
             return self.sam.encode(images)
         lookup = {k: i for i, k in enumerate(keys)}
         # On a CPU, batching the encoder buys no speed but multiplies its ~0.6 GB of activations per slice.
-        batch = 16 if self.device.type == "cuda" else 2
+        batch = 16 if self.device.type == "cuda" else 1
         return self.cache.embed(list(keys), lambda ks: images[[lookup[k] for k in ks]], self.sam, self.device,
                                 batch_size=batch)
 
@@ -76,8 +78,17 @@ class Refiner:
         if len(prompts) == 0:
             s = self.config.size
             return emb.new_zeros((0, s, s)), emb.new_zeros((0,))
-        return self.sam.decode(emb, prompts.image_index, prompts.boxes, prompts.points, prompts.point_labels,
-                               frame_size=self.config.size)
+        # Each prompt carries its own copy of the image-side activations (~30 MB at 64 x 64 x 256 per tensor):
+        # a preview of every slice decoded at once took a 15-slice volume's run from 2.7 to 3.8 GB.
+        # In chunks the peak stays flat; the result is the same (prompts are decoded independently).
+        logits, iou = [], []
+        for i in range(0, len(prompts), DECODE_CHUNK):
+            part = prompts.select(torch.arange(i, min(i + DECODE_CHUNK, len(prompts))))
+            lg, io = self.sam.decode(emb, part.image_index, part.boxes, part.points, part.point_labels,
+                                     frame_size=self.config.size)
+            logits.append(lg)
+            iou.append(io)
+        return (logits[0], iou[0]) if len(logits) == 1 else (torch.cat(logits), torch.cat(iou))
 
     @property
     def bbox_shift(self) -> int:
