@@ -27,6 +27,21 @@ def acdc(shared_data: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory) -> Path:
+    """A 64-px segment-anything ViT with random weights: the SAM of the GUI and fault tests (fast)."""
+    from gui_helpers import make_tiny_sam
+
+    return make_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+
+
+@pytest.fixture
+def samatch_home(tmp_path, monkeypatch) -> Path:
+    """The plugin's home (sessions, autosaves, checkpoints) in the test's own folder."""
+    monkeypatch.setenv("NAPARI_SAMATCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 def pytest_collection_modifyitems(config, items):
     """``slow`` tests (the real LiteMedSAM behind the napari docks) run only with ``-m integration``."""
     for item in items:

@@ -10,20 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from gui_helpers import make_tiny_sam, tiny_settings, wait_idle
+from gui_helpers import tiny_settings, wait_idle
 
 pytestmark = pytest.mark.gui
 SHAPE = (6, 48, 48)  # (Z, Y, X)
 
 
 @pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_SAMATCH_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sam(tmp_path_factory) -> Path:
-    return make_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+def _home(samatch_home):
+    """Every test here writes its sessions under its own folder."""
 
 
 def _affine(k: int) -> np.ndarray:

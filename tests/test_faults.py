@@ -308,11 +308,7 @@ def test_cli_checks_out_before_training(data, tmp_path, monkeypatch, capsys, cas
 
 
 # ------------------------------------------------------------------------------------------ Stop in each stage
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory) -> Path:
-    from gui_helpers import make_tiny_sam  # a 64-px segment-anything ViT, as the GUI tests use
-
-    return make_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+# (tiny_sam: a 64-px segment-anything ViT, as the GUI tests use; tests/conftest.py)
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -8,25 +8,19 @@ LiteMedSAM goes through the same code (``test_widgets_litemedsam.py``, marked sl
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gui_helpers import TIMEOUT_MS, add_sample, make_tiny_sam, open_docks, tiny_settings, wait_idle
+from gui_helpers import TIMEOUT_MS, add_sample, open_docks, tiny_settings, wait_idle
 from napari_samatch._widgets._review import NAMES
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_SAMATCH_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture(scope="session")
-def tiny_sam(tmp_path_factory) -> Path:
-    return make_tiny_sam(tmp_path_factory.mktemp("sam") / "tiny_sam.pth")
+def _home(samatch_home):
+    """Every test here writes its sessions under its own folder."""
 
 
 @pytest.fixture

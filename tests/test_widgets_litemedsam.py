@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 
 @pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_SAMATCH_HOME", str(tmp_path / "home"))
+def _home(samatch_home):
+    """Every test here writes its sessions under its own folder."""
 
 
 def test_litemedsam_run_and_box_edit_latency(make_napari_viewer_proxy, qtbot, record_property):
