@@ -77,7 +77,8 @@ class RunConfig:
     # Off: it measured better for SAM on ACDC but not for the Match model (same ACDC Dice, worse demo).
     sam_fill_targets: bool = False
     # SAM refines only the classes it segments from ground-truth boxes on the labeled slices with at
-    # least this Dice (Refiner.calibrate); the others keep the Match model's label. 0 = refine all.
+    # least this Dice (Refiner.calibrate); the others keep the Match model's label, and so does a class
+    # that rings another on most labeled slices (a box cannot outline a ring). 0 = refine all.
     # Measured zero-shot (LiteMedSAM, nested fusion, 128 px): ACDC RV 0.92, Myo 0.71, LV 0.96; phantom
     # 0.95 / 0.88 / 0.97. With 0.8, ACDC's Myo stays the Match model's, which lifted zero-shot refined
     # pseudo-labels above the raw ones; but in training runs the Match model learned less with it (demo
