@@ -38,18 +38,13 @@ from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..prior.prior import slice_prior
 from ..sam.refiner import Refiner
-from . import distributed, faults, persistence, review
+from . import distributed, faults, loop, persistence, review
 from . import events as ev
-from .schedule import PolySchedule
 from .steps import samatch_pseudo, supervised_step, unimatch_step
 from .validation import Validator
 
 log = logging.getLogger(__name__)
 STAGES = ("warmup", "sam", "joint")
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when the user pressed Stop; caught by ``run``."""
 
 
 class Engine:
@@ -210,6 +205,10 @@ class Engine:
         self._stop.set()
         self._pause.clear()
 
+    def clear_stop(self) -> None:
+        """Forget an earlier Stop: a new ``run`` (the next round) starts."""
+        self._stop.clear()
+
     @property
     def paused(self) -> bool:
         return self._pause.is_set()
@@ -218,19 +217,19 @@ class Engine:
         """Ask for prompts and pseudo-labels of these slices; they arrive as a PSEUDO_LABELS event."""
         self._preview_request = list(indices)
 
-    def _checkpoint_point(self, emit, stage: str) -> None:
-        """Between steps: honour stop, pause and preview requests."""
+    def between_steps(self, emit, stage: str) -> None:
+        """Between steps (called by the loop): honour stop, pause and preview requests."""
         if self._preview_request is not None and stage == "joint":
             indices, self._preview_request = self._preview_request, None
             emit(ev.PSEUDO_LABELS, data=self.preview(indices))
         if self._stop.is_set():
-            raise StopRequested
+            raise loop.StopRequested
         if self._pause.is_set():
             emit(ev.PAUSED, message="Paused")
             while self._pause.is_set() and not self._stop.is_set():
                 time.sleep(0.05)
             if self._stop.is_set():
-                raise StopRequested
+                raise loop.StopRequested
             emit(ev.RESUMED, message="Resumed")
 
     # ----------------------------------------------------------------- the loop
@@ -239,99 +238,8 @@ class Engine:
         return [("warmup", c.warmup_iters), ("sam", c.sam_iters), ("joint", c.joint_iters)]
 
     def run(self, on_event: ev.EventCallback | None = None, checkpoint_dir: str | Path | None = None) -> dict:
-        """Run (or continue) all stages; returns a summary. Events go to ``on_event``."""
-        ckpt_dir = Path(checkpoint_dir or self.config.checkpoint_dir) if (checkpoint_dir or self.config.checkpoint_dir) else None
-        stages = self.stages()
-        total = sum(n for _, n in stages)
-        done_before = sum(n for _, n in stages[: self.stage_index]) + self.stage_iter
-        step_times: list[float] = []
-        self._stop.clear()
-        state = {"stage": "", "iter": 0, "n": 0, "global": done_before}
-
-        def emit(kind: str, message: str = "", data: dict | None = None) -> None:
-            if on_event is None or not distributed.is_main():
-                return
-            recent = step_times[-20:]
-            eta = (total - state["global"]) * (sum(recent) / len(recent)) if recent else None
-            on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], total, eta,
-                              message, data or {}))
-
-        if done_before == 0 and self.prior is not None:  # the first usable result, before any training
-            first = self.prior_preview(range(len(self.data)))
-            emit(ev.PSEUDO_LABELS, "Interpolation between the painted slices", data=first)
-        for note in self.notes:
-            emit(ev.LOG, note, {"level": "warning"})
-        self.notes = []
-        try:
-            while self.stage_index < len(stages):
-                name, n = stages[self.stage_index]
-                state.update(stage=name, n=n, iter=self.stage_iter)
-                if n > 0 and self.stage_iter < n:
-                    emit(ev.STAGE, f"Stage {name}: {n} iterations", {"stage": name, "iters": n})
-                    self._run_stage(name, n, emit, state, step_times, ckpt_dir)
-                self.stage_index += 1
-                self.stage_iter = 0
-            distributed.broadcast_buffers(self.unet)  # all ranks end equal to what rank 0 saves
-            summary = self.summary(time_s=sum(step_times))
-            if ckpt_dir:
-                path = faults.final_save(self, ckpt_dir / "last.pt", stopped=False)
-                emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
-            emit(ev.DONE, "Training finished", summary)
-            return summary
-        except StopRequested:
-            path = faults.final_save(self, ckpt_dir / "last.pt", stopped=True) if ckpt_dir else None
-            emit(ev.STOPPED, "Stopped" + (f"; checkpoint {path}" if path else ""), {"path": str(path) if path else None})
-            return self.summary(time_s=sum(step_times), stopped=True)
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; anything else is re-raised
-            if not faults.is_out_of_memory(exc):
-                raise
-        # Out of memory. Handled here, after the except block, so its traceback and the failed step's
-        # tensors it holds are already released.
-        error, path = faults.out_of_memory(self, state["stage"], ckpt_dir)
-        if path:
-            emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
-        emit(ev.ERROR, str(error))
-        raise error
-
-    def _run_stage(self, name: str, n: int, emit, state: dict, step_times: list[float], ckpt_dir: Path | None) -> None:
-        c = self.config
-        sched_unet = PolySchedule(self.opt_unet, total=n, power=c.poly_power) if name != "sam" else None
-        if name == "sam" or (name == "joint" and c.method == "samatch"):
-            opt_sam = self.sam_optimizer()
-            sched_sam = PolySchedule(opt_sam, total=n, power=c.poly_power)
-        else:
-            sched_sam = None
-        samatch = name == "joint" and c.method == "samatch"
-        calibrate = (lambda: emit(ev.LOG, self.calibrate_sam())) if samatch and c.sam_trust_dice > 0 else None
-        if calibrate:
-            calibrate()
-        while self.stage_iter < n:
-            self._checkpoint_point(emit, name)
-            t0 = time.perf_counter()
-            with self.lock:
-                if sched_unet:
-                    sched_unet.step(self.stage_iter)
-                if sched_sam:
-                    sched_sam.step(self.stage_iter)
-                logs = self.step(name)
-            step_times.append(time.perf_counter() - t0)
-            logs = distributed.mean_logs(logs)
-            self.stage_iter += 1
-            state["iter"] = self.stage_iter
-            state["global"] += 1
-            logs["lr"] = self.opt_unet.param_groups[0]["lr"]
-            emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
-            it = self.stage_iter
-            if self.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
-                if calibrate:  # SAM has been learning: which classes it may refine can change
-                    calibrate()
-                metrics = self.validator.evaluate(with_pseudo=samatch)
-                metrics.update(stage=name, iteration=it, global_iteration=state["global"])
-                self.history.append(metrics)
-                self._track_best(metrics)
-                emit(ev.METRICS, data=metrics)
-            if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
-                faults.periodic_save(self, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
+        """Run (or continue) all stages; returns a summary. Events go to ``on_event`` (see core/engine/loop.py)."""
+        return loop.run(self, on_event, checkpoint_dir)
 
     def _sample(self, pool: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
         pick = torch.randint(len(pool), (k,), generator=gen or self.gen)
@@ -399,7 +307,7 @@ class Engine:
         return logs
 
     # ----------------------------------------------------------------- results
-    def _track_best(self, metrics: dict) -> None:
+    def track_best(self, metrics: dict) -> None:
         score = metrics.get("val_mean_dice")
         if score is not None and score > self.best["score"]:
             self.best = {"score": float(score), "iteration": metrics["global_iteration"], "stage": metrics["stage"]}

@@ -1,0 +1,115 @@
+"""The training loop of :class:`~.engine.Engine`: its stages in order, events, stop/pause/preview between
+steps, validation and periodic checkpoints, and what a stop or an out-of-memory leaves behind.
+
+The engine owns the models and the step (``Engine.step``); this module only sequences them, so that the
+order of a run can be read in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import distributed, faults
+from . import events as ev
+from .schedule import PolySchedule
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when the user pressed Stop; caught by ``run``."""
+
+
+def run(engine, on_event: ev.EventCallback | None = None, checkpoint_dir: str | Path | None = None) -> dict:
+    """Run (or continue) all stages; returns a summary. Events go to ``on_event``."""
+    ckpt_dir = Path(checkpoint_dir or engine.config.checkpoint_dir) if (checkpoint_dir or engine.config.checkpoint_dir) else None
+    stages = engine.stages()
+    total = sum(n for _, n in stages)
+    done_before = sum(n for _, n in stages[: engine.stage_index]) + engine.stage_iter
+    step_times: list[float] = []
+    engine.clear_stop()
+    state = {"stage": "", "iter": 0, "n": 0, "global": done_before}
+
+    def emit(kind: str, message: str = "", data: dict | None = None) -> None:
+        if on_event is None or not distributed.is_main():
+            return
+        recent = step_times[-20:]
+        eta = (total - state["global"]) * (sum(recent) / len(recent)) if recent else None
+        on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], total, eta,
+                          message, data or {}))
+
+    if done_before == 0 and engine.prior is not None:  # the first usable result, before any training
+        first = engine.prior_preview(range(len(engine.data)))
+        emit(ev.PSEUDO_LABELS, "Interpolation between the painted slices", data=first)
+    for note in engine.notes:
+        emit(ev.LOG, note, {"level": "warning"})
+    engine.notes = []
+    try:
+        while engine.stage_index < len(stages):
+            name, n = stages[engine.stage_index]
+            state.update(stage=name, n=n, iter=engine.stage_iter)
+            if n > 0 and engine.stage_iter < n:
+                emit(ev.STAGE, f"Stage {name}: {n} iterations", {"stage": name, "iters": n})
+                run_stage(engine, name, n, emit, state, step_times, ckpt_dir)
+            engine.stage_index += 1
+            engine.stage_iter = 0
+        distributed.broadcast_buffers(engine.unet)  # all ranks end equal to what rank 0 saves
+        summary = engine.summary(time_s=sum(step_times))
+        if ckpt_dir:
+            path = faults.final_save(engine, ckpt_dir / "last.pt", stopped=False)
+            emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+        emit(ev.DONE, "Training finished", summary)
+        return summary
+    except StopRequested:
+        path = faults.final_save(engine, ckpt_dir / "last.pt", stopped=True) if ckpt_dir else None
+        emit(ev.STOPPED, "Stopped" + (f"; checkpoint {path}" if path else ""), {"path": str(path) if path else None})
+        return engine.summary(time_s=sum(step_times), stopped=True)
+    except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; anything else is re-raised
+        if not faults.is_out_of_memory(exc):
+            raise
+    # Out of memory. Handled here, after the except block, so its traceback and the failed step's
+    # tensors it holds are already released.
+    error, path = faults.out_of_memory(engine, state["stage"], ckpt_dir)
+    if path:
+        emit(ev.CHECKPOINT, f"Saved {path}", {"path": str(path)})
+    emit(ev.ERROR, str(error))
+    raise error
+
+def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[float], ckpt_dir: Path | None) -> None:
+    c = engine.config
+    sched_unet = PolySchedule(engine.opt_unet, total=n, power=c.poly_power) if name != "sam" else None
+    if name == "sam" or (name == "joint" and c.method == "samatch"):
+        opt_sam = engine.sam_optimizer()
+        sched_sam = PolySchedule(opt_sam, total=n, power=c.poly_power)
+    else:
+        sched_sam = None
+    samatch = name == "joint" and c.method == "samatch"
+    calibrate = (lambda: emit(ev.LOG, engine.calibrate_sam())) if samatch and c.sam_trust_dice > 0 else None
+    if calibrate:
+        calibrate()
+    while engine.stage_iter < n:
+        engine.between_steps(emit, name)
+        t0 = time.perf_counter()
+        with engine.lock:
+            if sched_unet:
+                sched_unet.step(engine.stage_iter)
+            if sched_sam:
+                sched_sam.step(engine.stage_iter)
+            logs = engine.step(name)
+        step_times.append(time.perf_counter() - t0)
+        logs = distributed.mean_logs(logs)
+        engine.stage_iter += 1
+        state["iter"] = engine.stage_iter
+        state["global"] += 1
+        logs["lr"] = engine.opt_unet.param_groups[0]["lr"]
+        emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
+        it = engine.stage_iter
+        if engine.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
+            if calibrate:  # SAM has been learning: which classes it may refine can change
+                calibrate()
+            metrics = engine.validator.evaluate(with_pseudo=samatch)
+            metrics.update(stage=name, iteration=it, global_iteration=state["global"])
+            engine.history.append(metrics)
+            engine.track_best(metrics)
+            emit(ev.METRICS, data=metrics)
+        if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
+            faults.periodic_save(engine, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
