@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--through-cohort", action="store_true",
                     help="also train on the training volumes written as NIfTI and read by the cohort path")
     ap.add_argument("--cohort-tmp", type=Path, default=None, help="parent of the temporary NIfTI cohort folder")
+    ap.add_argument("--cohort-runs", nargs="+", choices=["ssl4mis", "cohort", "control"],
+                    default=["ssl4mis", "cohort", "control"], help="which of the three trainings to run")
     proto.add_protocol_flags(ap)
     args = ap.parse_args(argv)
     proto.check_settings(args, ACDC_CLASS_NAMES)
@@ -152,7 +154,8 @@ def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet
               f"{len(cmp['label_differs'])}, split differs: {cmp['split_differs']}; same order: {cmp['same_order']} "
               f"(labeled {cmp['same_labeled_order']}, unlabeled {cmp['same_unlabeled_order']})", flush=True)
         control = ac.as_cohort(data, id_map, list(cohort.ids))
-        sets = {"ssl4mis": data, "cohort": cohort, "control": control}
+        sets = {k: v for k, v in {"ssl4mis": data, "cohort": cohort, "control": control}.items()
+                if k in args.cohort_runs}
         runs = {}
         for name, ds in sets.items():
             args.out = out / name
@@ -164,29 +167,29 @@ def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet
     args.out = out
     rows = []
     print(f"\nmean Dice on {args.split} ({len(eval_vols)} volumes), seed {args.seed}:")
-    print(f"{'method':18s} {'ssl4mis':>8s} {'cohort':>8s} {'control':>8s}  cohort = ssl4mis   cohort = control "
-          "(Dice per volume; selected weights)")
-    for k, r in enumerate(runs["ssl4mis"]["runs"]):
-        dice = {name: runs[name]["runs"][k]["scores"]["mean"]["dice"] for name in sets}
+    print("".join(f"{name:>9s}" for name in ["method", *sets]) + "  equal (mean Dice; Dice per volume; selected weights)")
+    pairs = [(a, b) for a, b in (("cohort", "ssl4mis"), ("cohort", "control")) if a in sets and b in sets]
+    for k, method in enumerate(sched_methods(runs)):
+        got = {name: runs[name]["runs"][k] for name in sets}
+        dice = {name: r["scores"]["mean"]["dice"] for name, r in got.items()}
         # every volume's every metric, as written to results.json
-        per_vol = {name: json.dumps(runs[name]["runs"][k]["scores"]["per_volume"], default=str) for name in sets}
-        row = {"method": r["method"], "dice": dice,
-               "cohort_equals_ssl4mis": dice["cohort"] == dice["ssl4mis"],
-               "cohort_equals_control": dice["cohort"] == dice["control"] and per_vol["cohort"] == per_vol["control"],
-               "weights_cohort_equal_control": same_weights(runs["cohort"]["runs"][k]["model"],
-                                                             runs["control"]["runs"][k]["model"]),
-               "weights_cohort_equal_ssl4mis": same_weights(runs["cohort"]["runs"][k]["model"],
-                                                            runs["ssl4mis"]["runs"][k]["model"]),
-               "selected": {name: runs[name]["runs"][k]["selected"] for name in sets},
-               "wall_s": {name: runs[name]["runs"][k]["wall_s"] for name in sets}}
-        rows.append(row)
-        print(f"{r['method']:18s} {dice['ssl4mis']:8.4f} {dice['cohort']:8.4f} {dice['control']:8.4f}  "
-              f"{str(row['cohort_equals_ssl4mis']):17s} {row['cohort_equals_control']}; "
-              f"{row['weights_cohort_equal_control']}")
+        per_vol = {name: json.dumps(r["scores"]["per_volume"], default=str) for name, r in got.items()}
+        equal = {f"{a}={b}": [dice[a] == dice[b], per_vol[a] == per_vol[b],
+                              same_weights(got[a]["model"], got[b]["model"])] for a, b in pairs}
+        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights": equal,
+                     "selected": {name: r["selected"] for name, r in got.items()},
+                     "wall_s": {name: r["wall_s"] for name, r in got.items()}})
+        print(f"{method:>9s}" + "".join(f"{d:9.4f}" for d in dice.values()) + "  "
+              + "; ".join(f"{p}: {v}" for p, v in equal.items()))
     report["dice"] = rows
     (out / "through_cohort.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {out / 'through_cohort.json'}")
     return 0
+
+
+def sched_methods(runs: dict) -> list[str]:
+    first = next(iter(runs.values()))
+    return [r["method"] for r in first["runs"]]
 
 
 def same_weights(a: str, b: str) -> bool:
