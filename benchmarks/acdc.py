@@ -3,6 +3,7 @@
     python benchmarks/acdc.py --profile cpu-quick                 # the 2-core CPU profile
     python benchmarks/acdc.py --profile gpu-paper --cases 3       # the paper's schedule, on a GPU
     python benchmarks/acdc.py --iters 3 --size 64 --limit-unlabeled 4 --limit-val 1 --threads 1  # smoke
+    python benchmarks/acdc.py --through-cohort --methods supervised unimatch --threads 1 ...  # issue 17
 
 Data: ``../shared/data/ACDC`` in the SSL4MIS layout (``--data`` for another copy). The labeled split is
 the first 32 / 68 / 136 lines of ``train_slices.list`` (``--cases 1 | 3 | 7``, as SSL4MIS, UniMatch and
@@ -34,12 +35,25 @@ Profiles (every value is a flag, e.g. ``--joint-iters 200 --lr 0.02``):
 Output (``--out``, default ``benchmarks/results/acdc-<profile>-<timestamp>/``): ``results.json``,
 ``results.md`` and ``<method>.pt`` (the validation-best Match model with SAM and the settings), which
 ``napari-samatch evaluate --model <method>.pt --data <SSL4MIS dir> --split <list>`` scores anywhere.
+
+``--through-cohort`` (issue 17): the 140 training volumes are also written as NIfTI files into a temporary
+folder (``--cohort-tmp``; ``_acdc_cohort.py``: float32 images, uint8 label files for the volumes of the
+labeled cases only) and read back through the cohort path of ``napari-samatch train --images DIR --labels
+DIR`` (lazy slices); the same ``--limit-unlabeled`` slices are kept. The slices of both paths are compared
+one by one (values, split, order), then every method is trained three times on the same schedule and seed:
+``ssl4mis`` (the usual run), ``cohort`` (the cohort path's slices) and ``control`` (the SSL4MIS arrays in the
+cohort's order and with its split: equal to ``cohort`` iff the cohort path reads the same values and the
+engine's lazy and stacked paths agree). Results in ``<out>/{ssl4mis,cohort,control}/`` and
+``<out>/through_cohort.json``; the Dice of the three side by side at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import _protocol as proto
@@ -68,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=proto.SHARED_DATA / "ACDC", help="SSL4MIS-layout ACDC folder")
     ap.add_argument("--cases", type=int, choices=sorted(CASES), default=3, help="labeled patients: 1, 3 or 7")
     ap.add_argument("--split", default="val.list", help="list file of volumes to report on (default val.list)")
+    ap.add_argument("--through-cohort", action="store_true",
+                    help="also train on the training volumes written as NIfTI and read by the cohort path")
+    ap.add_argument("--cohort-tmp", type=Path, default=None, help="parent of the temporary NIfTI cohort folder")
+    ap.add_argument("--cohort-runs", nargs="+", choices=["ssl4mis", "cohort", "control"],
+                    default=["ssl4mis", "cohort", "control"], help="which of the three trainings to run")
     proto.add_protocol_flags(ap)
     args = ap.parse_args(argv)
     proto.check_settings(args, ACDC_CLASS_NAMES)
@@ -104,10 +123,81 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   re-score: {cmd}", flush=True)
 
     title = f"ACDC, {args.cases} labeled case(s), profile {args.profile}"
+    if args.through_cohort:
+        return through_cohort(args, root, labeled, data, val, eval_vols, title, note, extra)
     proto.run_all("acdc", args, title, data, val, eval_vols, args.split, note, extra,
                   metrics=("dice", "hd95", "asd"), after_method=print_command)
     print("Re-score any exported model on an SSL4MIS folder with:\n  " + "\n  ".join(commands))
     return 0
+
+
+def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet, eval_vols, title: str,
+                   note: str, extra: dict) -> int:
+    """Issue 17: the same protocol through the cohort path; the slices compared, then the three runs."""
+    import _acdc_cohort as ac
+
+    out = args.out
+    ids = [ln.strip() for ln in (root / "train_slices.list").read_text().splitlines() if ln.strip()]
+    id_map = ac.cohort_id_map(root)
+    report: dict = {"title": title, "commit": proto.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                    "schedule": proto.schedule(args), "seed": args.seed}
+    with tempfile.TemporaryDirectory(prefix="samatch-acdc-cohort-", dir=args.cohort_tmp) as tmp:
+        t0 = time.perf_counter()
+        images, labels = ac.write_cohort(root, Path(tmp), set(ids[:labeled]))
+        report["written"] = {"volumes": len(list(images.iterdir())), "label_files": len(list(labels.iterdir())),
+                             "mib": round(ac.folder_mib(Path(tmp)), 1), "seconds": round(time.perf_counter() - t0, 1)}
+        cohort = ac.restrict(ac.cohort_data(images, labels), {id_map[sid] for sid in data.ids})
+        cmp = ac.compare(data, cohort, id_map)
+        report["slices"] = cmp
+        print(f"cohort: {report['written']}\nslices (ssl4mis, cohort): {cmp['slices']}, labeled {cmp['labeled']}, "
+              f"unlabeled {cmp['unlabeled']}; images differ: {len(cmp['image_differs'])}, labels differ: "
+              f"{len(cmp['label_differs'])}, split differs: {cmp['split_differs']}; same order: {cmp['same_order']} "
+              f"(labeled {cmp['same_labeled_order']}, unlabeled {cmp['same_unlabeled_order']})", flush=True)
+        control = ac.as_cohort(data, id_map, list(cohort.ids))
+        sets = {k: v for k, v in {"ssl4mis": data, "cohort": cohort, "control": control}.items()
+                if k in args.cohort_runs}
+        runs = {}
+        for name, ds in sets.items():
+            args.out = out / name
+            args.out.mkdir(parents=True, exist_ok=True)
+            n_lab, n_unl = len(ds.labeled_indices()), len(ds.unlabeled_indices())
+            runs[name] = proto.run_all("acdc", args, f"{title} [{name}]", ds, val, eval_vols, args.split,
+                                       f"{note} [{name}: {n_lab} labeled, {n_unl} unlabeled]", extra,
+                                       metrics=("dice", "hd95", "asd"))
+    args.out = out
+    rows = []
+    print(f"\nmean Dice on {args.split} ({len(eval_vols)} volumes), seed {args.seed}:")
+    print("".join(f"{name:>9s}" for name in ["method", *sets]) + "  equal (mean Dice; Dice per volume; selected weights)")
+    pairs = [(a, b) for a, b in (("cohort", "ssl4mis"), ("cohort", "control")) if a in sets and b in sets]
+    for k, method in enumerate(sched_methods(runs)):
+        got = {name: runs[name]["runs"][k] for name in sets}
+        dice = {name: r["scores"]["mean"]["dice"] for name, r in got.items()}
+        # every volume's every metric, as written to results.json
+        per_vol = {name: json.dumps(r["scores"]["per_volume"], default=str) for name, r in got.items()}
+        equal = {f"{a}={b}": [dice[a] == dice[b], per_vol[a] == per_vol[b],
+                              same_weights(got[a]["model"], got[b]["model"])] for a, b in pairs}
+        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights": equal,
+                     "selected": {name: r["selected"] for name, r in got.items()},
+                     "wall_s": {name: r["wall_s"] for name, r in got.items()}})
+        print(f"{method:>9s}" + "".join(f"{d:9.4f}" for d in dice.values()) + "  "
+              + "; ".join(f"{p}: {v}" for p, v in equal.items()))
+    report["dice"] = rows
+    (out / "through_cohort.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {out / 'through_cohort.json'}")
+    return 0
+
+
+def sched_methods(runs: dict) -> list[str]:
+    first = next(iter(runs.values()))
+    return [r["method"] for r in first["runs"]]
+
+
+def same_weights(a: str, b: str) -> bool:
+    """The two exported models' UNet weights are bit for bit the same."""
+    import torch
+
+    wa, wb = (torch.load(p, map_location="cpu", weights_only=False)["unet"] for p in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,23 @@
 """A cohort larger than the engine's data budget: lazy slices, bounded memory. Peak RSS per phase.
 
     python benchmarks/cohort.py [--volumes 200] [--slices 40] [--side 256] [--iters 30] [--eager]
+    python benchmarks/cohort.py --volumes 100 --slices 300 --side 512 --dtype int16 --labeled-volumes 3 \
+        --iters 10 --threads 1 --predict --tmp /big/disk          # issue 17's cohort (15.7 GB on disk)
 
-1. ``write``: ``--volumes`` synthetic float32 NIfTI volumes of ``--slices`` x ``--side`` x ``--side``
-   (uncompressed ``.nii``; 200 x 40 x 256 x 256 is 2.1 GB) in a temporary folder, deleted at the end;
-   the first ``--labeled-volumes`` get a label file with 3 painted slices, the others none;
-2. ``open``: ``datasets.nifti_cohort`` (lazy: reads headers and the few label volumes only);
+1. ``write``: ``--volumes`` synthetic NIfTI volumes (``--dtype`` float32 or int16) of ``--slices`` x ``--side``
+   x ``--side`` (uncompressed ``.nii``; 200 x 40 x 256 x 256 float32 is 2.1 GB, 100 x 300 x 512 x 512 int16
+   15.7 GB) in ``images/`` of a temporary folder, deleted at the end; the first ``--labeled-volumes`` get a
+   label file in ``labels/`` with 3 painted slices, the others none;
+2. ``open``: the CLI's cohort path, ``cohort.list_cohort(images, labels)`` + ``cohort.cohort_slices`` (as
+   ``napari-samatch train --images DIR --labels DIR``; lazy: reads headers and the few label volumes only);
 3. ``train_lazy``: an ``Engine`` on it (its slices become a ``SliceStore``), ``--iters`` UniMatch steps
    at ``--size`` (default 128), batch 4 + 4, on the CPU (after 3 untimed warm-up steps), then the median
    time to fetch 8 random slices + labels from the store;
-4. with ``--eager``, after the lazy phases: the same slices read into lists (what the eager readers hold)
+4. with ``--predict``: ``predict_export``, the trained UNet through ``cohort_masks.predict_to_folder`` (what
+   ``napari-samatch predict --images DIR --out DIR`` and the Cohort dock run) on every volume (or the first
+   ``--predict-volumes``), one ``.nii.gz`` mask per volume; the phase's time is split into reading, predicting
+   and writing (the three calls are timed inside ``predict_to_folder``), with the per-slice rate;
+5. with ``--eager``, after the lazy phases: the same slices read into lists (what the eager readers hold)
    and trained with stacked tensors, for the comparison of memory and step time.
 
 Reads come from the page cache (the files were just written): on a network file system the first read
@@ -62,10 +70,13 @@ class PeakRSS:
 
 
 def write_cohort(folder: Path, volumes: int, slices: int, side: int, labeled: int,
-                 seed: int = 0) -> tuple[list[Path], list[Path | None]]:
-    """Noisy volumes with a bright disc whose radius drifts along z; labels: the disc on 3 slices."""
+                 seed: int = 0, dtype: str = "float32") -> tuple[list[Path], list[Path | None]]:
+    """Noisy volumes with a bright disc whose radius drifts along z, in ``folder/images``; labels (the disc
+    on 3 slices) in ``folder/labels``, named like their volume, for the first ``labeled`` volumes."""
     import nibabel as nib
 
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side]
     r = np.hypot(yy - side / 2, xx - side / 2)
@@ -73,19 +84,25 @@ def write_cohort(folder: Path, volumes: int, slices: int, side: int, labeled: in
     for v in range(volumes):
         radius = side * (0.15 + 0.1 * np.sin(np.linspace(0, np.pi, slices) + v))
         disc = r[None] < radius[:, None, None]
-        vol = rng.standard_normal((slices, side, side), dtype=np.float32) * 10 + np.float32(100) + 60 * disc
-        vol = vol.astype(np.float32, copy=False)  # disc (bool) * 60 would promote to float64
-        path = folder / f"case{v:04d}.nii"
+        vol = rng.standard_normal((slices, side, side), dtype=np.float32)
+        vol *= 10
+        vol += np.float32(100)
+        vol[disc] += 60  # in place: a 300 x 512 x 512 volume is 315 MB as float32
+        if dtype != "float32":
+            vol = np.rint(vol).astype(dtype)
+        path = folder / "images" / f"case{v:04d}.nii"
         nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), path)  # NIfTI order (X, Y, Z)
         images.append(path)
         if v < labeled:
             lab = np.zeros(vol.shape, np.uint8)
             for z in (slices // 4, slices // 2, 3 * slices // 4):
                 lab[z] = disc[z]
-            labels.append(folder / f"case{v:04d}_labels.nii")
+            labels.append(folder / "labels" / f"case{v:04d}.nii")
             nib.save(nib.Nifti1Image(lab.transpose(2, 1, 0), np.eye(4)), labels[-1])
+            del lab
         else:
             labels.append(None)
+        del vol, disc
     return images, labels
 
 
@@ -116,6 +133,59 @@ def fetch_ms(engine, calls: int = 40, batch: int = 8, seed: int = 1) -> float:
     return 1000 * statistics.median(times)
 
 
+def predict_export(engine, members, out: Path, size: int) -> dict:
+    """``predict_to_folder`` on ``members`` into ``out``, with its read / predict / write calls timed."""
+    from napari_samatch.core.match import cohort_masks
+
+    spent = {"read_s": 0.0, "predict_s": 0.0, "write_s": 0.0}
+    slices = 0
+    per_volume: list[float] = []
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    originals = {k: getattr(cohort_masks, k) for k in ("read_volume", "predict_volume", "write_mask")}
+    last = [time.perf_counter()]
+
+    def on_volume(k, member, target) -> None:
+        nonlocal slices
+        slices += member_shape(member)[0]
+        now = time.perf_counter()
+        per_volume.append(now - last[0])
+        last[0] = now
+        print(f"    predicted {k + 1}/{len(members)} {member.name}: {per_volume[-1]:.1f} s", flush=True)
+
+    cohort_masks.read_volume = timed("read_s", originals["read_volume"])
+    cohort_masks.predict_volume = timed("predict_s", originals["predict_volume"])
+    cohort_masks.write_mask = timed("write_s", originals["write_mask"])
+    try:
+        targets = cohort_masks.check_mask_folder(members, out, overwrite=False)
+        engine.unet.eval()
+        written = cohort_masks.predict_to_folder(engine.unet, size, members, targets, overwrite=False,
+                                                 on_volume=on_volume)
+    finally:
+        for k, fn in originals.items():
+            setattr(cohort_masks, k, fn)
+    masks_mib = sum(p.stat().st_size for p in written) / MIB
+    return {"volumes": len(written), "slices": slices, **{k: round(v, 1) for k, v in spent.items()},
+            "predict_ms_per_slice": round(1000 * spent["predict_s"] / max(slices, 1), 2),
+            "volume_s_median": round(statistics.median(per_volume), 2) if per_volume else None,
+            "volume_s_range": [round(min(per_volume), 2), round(max(per_volume), 2)] if per_volume else None,
+            "masks_on_disk_mib": round(masks_mib, 1)}
+
+
+def member_shape(member) -> tuple[int, ...]:
+    from napari_samatch.core.data.cohort import volume_shape
+
+    return volume_shape(member.image)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--volumes", type=int, default=200)
@@ -126,13 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--budget-mb", type=float, default=2048.0, help="data_budget_mb of the lazy run")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["float32", "int16"], default="float32", help="voxel type on disk")
+    ap.add_argument("--predict", action="store_true",
+                    help="predict every volume and export its mask (cohort_masks.predict_to_folder)")
+    ap.add_argument("--predict-volumes", type=int, default=None,
+                    help="predict and export only the first K volumes (when all would take too long)")
     ap.add_argument("--eager", action="store_true", help="also train on the slices read into memory")
     ap.add_argument("--tmp", type=Path, default=None, help="parent folder of the temporary cohort")
     ap.add_argument("--out", type=Path, default=RESULTS / "cohort.json")
     args = ap.parse_args(argv)
 
-    from napari_samatch.core.data import datasets
+    from napari_samatch.core.data.cohort import cohort_slices, list_cohort
     from napari_samatch.core.data.slices import SliceSet
+
+    torch.set_num_threads(args.threads)
 
     rss = PeakRSS()
     base, _ = rss.phase()
@@ -149,12 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="samatch-cohort-", dir=args.tmp) as tmp:
         t0 = time.perf_counter()
-        images, labels = write_cohort(Path(tmp), args.volumes, args.slices, args.side, args.labeled_volumes)
-        on_disk = sum(p.stat().st_size for p in Path(tmp).iterdir()) / MIB
+        images, labels = write_cohort(Path(tmp), args.volumes, args.slices, args.side, args.labeled_volumes,
+                                      dtype=args.dtype)
+        on_disk = sum(p.stat().st_size for p in Path(tmp).rglob("*.nii")) / MIB
         record("write", t0, on_disk_mib=round(on_disk))
 
         t0 = time.perf_counter()
-        data = datasets.nifti_cohort(images, labels)
+        members = list_cohort(Path(tmp) / "images", Path(tmp) / "labels")
+        data = cohort_slices(members)
         record("open", t0, slices=len(data), labeled=len(data.labeled_indices()),
                eager_footprint_mib=round(len(data) * args.side ** 2 * 4 / MIB))
 
@@ -169,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
         record("train_lazy", t0, median_step_s=round(statistics.median(steps), 3),
                fetch_8_ms=round(fetch_ms(engine), 2), store_entries=store["entries"],
                store_peak_mib=round(store["peak_bytes"] / MIB, 1), store_budget_mib=round(store["budget_bytes"] / MIB))
+
+        if args.predict:
+            t0 = time.perf_counter()
+            chosen = members[: args.predict_volumes] if args.predict_volumes else members
+            stats = predict_export(engine, chosen, Path(tmp) / "masks", args.size)
+            record("predict_export", t0, **stats)
         del engine
 
         if args.eager:

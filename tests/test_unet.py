@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import DataError
+from napari_samatch.core.match.inference import class_map
 from napari_samatch.core.match.losses import supervised_loss
 from napari_samatch.core.match.unet import UNet, count_parameters
 
@@ -92,3 +93,12 @@ def test_overfits_two_images():
         inter = ((pred == c) & (y == c)).sum().item()
         dice.append(2 * inter / ((pred == c).sum().item() + (y == c).sum().item()))
     assert min(dice) > 0.9, dice
+
+
+@pytest.mark.parametrize("classes", [1, 2, 4, 7])
+def test_class_map_is_argmax_over_classes_ties_included(classes):
+    g = torch.Generator().manual_seed(classes)
+    scores = torch.randint(0, 3, (3, classes, 17, 9), generator=g).float()  # three values: ties everywhere
+    assert torch.equal(class_map(scores), scores.argmax(1))
+    probs = torch.softmax(torch.randn(2, classes, 8, 8, generator=g), 1)
+    assert torch.equal(class_map(probs), probs.argmax(1))
