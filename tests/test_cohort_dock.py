@@ -68,6 +68,13 @@ def column(dock, c: int) -> list[str]:
     return [dock.table.item(r, c).text() for r in range(dock.table.rowCount())]
 
 
+def select(qtbot, dock, row: int) -> None:
+    """Click a volume and wait until it is shown (it is read in a worker thread)."""
+    name = dock.ctl.cohort.names()[row]
+    dock.table.selectRow(row)
+    qtbot.waitUntil(lambda: dock.loading is None and dock.ctl.cohort_shown == name, timeout=10_000)
+
+
 def test_open_paint_switch_train_and_export_all(docks, cohort_dirs, qtbot, tiny_sam, tmp_path):
     viewer, dock, train = docks
     ctl = dock.ctl
@@ -77,19 +84,19 @@ def test_open_paint_switch_train_and_export_all(docks, cohort_dirs, qtbot, tiny_
     assert column(dock, 2) == ["2", "0", "0"]
 
     # a click shows the volume and its labels, chosen for painting
-    dock.table.selectRow(0)
+    select(qtbot, dock, 0)
     assert ctl.cohort_shown == "p1" and ctl.image_layer.name == "p1" and ctl.labels_layer.name == "p1 labels"
     assert ctl.labeled_slices() == [1, 4]
-    dock.table.selectRow(1)
+    select(qtbot, dock, 1)
     assert ctl.image_layer.name == "p2" and "p1" not in viewer.layers  # one volume shown at a time
     assert ctl.labels_layer.data.shape == SHAPE and not ctl.labels_layer.data.any()  # no label file: empty
     ctl.labels_layer.paint((3, 24, 22), 1)
     qtbot.waitUntil(lambda: column(dock, 2) == ["2", "1", "0"], timeout=5000)
 
     # back and forth: p2's painting is kept in memory, p1's label file untouched
-    dock.table.selectRow(0)
+    select(qtbot, dock, 0)
     assert ctl.labeled_slices() == [1, 4] and sorted(ctl.cohort.paintings) == ["p2"]
-    dock.table.selectRow(1)
+    select(qtbot, dock, 1)
     assert ctl.labeled_slices() == [3] and ctl.labels_layer.data[3, 24, 22] == 1
     assert column(dock, 2) == ["2", "1", "0"]
 
