@@ -8,11 +8,14 @@ on every volume (``Controller.start``); "Predict all and export" writes one mask
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -28,12 +31,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._reader import volume_to_layer_data
 from ..core.data.cohort_state import CohortState
 from ..core.device import autocast
 from ..core.engine.cohort_review import predict_with_confidence
 from ..core.errors import DataError, SamatchError
 from ..core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
+from ._cohort_layers import cohort_layers, contrast_of, show_member_image, show_member_labels
 from ._cohort_review import CohortReviewPanel
 from ._controller import get_controller
 from ._notify import notify_error
@@ -51,8 +54,10 @@ class CohortWidget(QWidget):
         self.ctl = get_controller(napari_viewer)
         self.export_worker: Any = None
         self.written: list[Path] = []  # the masks of the last export
-        self.loading: str | None = None  # the member being read for showing (tests wait on it)
+        self.loading: str | None = None  # the member being read and shown, until it is (tests wait on it)
         self._show_token = 0  # only the latest request to show a member is shown
+        self._image_of = 0    # the request whose image the image layer shows
+        self.switch_ms: deque[float] = deque(maxlen=1000)  # main-thread ms of each step of showing a volume (tests)
         self.alive = {"yes": True}  # False once the viewer closed: a volume read meanwhile is dropped
         self.destroyed.connect(lambda *_, a=self.alive: a.update(yes=False))
         lay = QVBoxLayout(self)
@@ -205,7 +210,7 @@ class CohortWidget(QWidget):
                 labels = predict_with_confidence(engine.unet, vol.image, engine.config.size, state.axis,
                                                  device=engine.device, lock=engine.lock,
                                                  amp=autocast(engine.device, engine.config.amp))[0]
-            return vol, labels
+            return vol, labels, contrast_of(vol.image)
 
         worker = create_worker(work, _start_thread=False)
         worker.returned.connect(lambda out: self._member_loaded(token, name, at, *out))
@@ -221,30 +226,47 @@ class CohortWidget(QWidget):
             notify_error(error)
             self._show_status()
 
-    def _member_loaded(self, token: int, name: str, at: int | None, vol, prediction) -> None:
+    def _member_loaded(self, token: int, name: str, at: int | None, vol, prediction, contrast) -> None:
+        """Show the read member in three turns of the event loop (image; labels and prediction; the rest): each
+        layer's new data redraws it and re-checks the viewer's dims (30-50 ms each while a run trains on this
+        project's 2-core machine), so three short holds of the main thread instead of one long one."""
         ctl = self.ctl
         if not self.alive["yes"] or token != self._show_token or ctl.cohort is None or name not in ctl.cohort.names():
             return  # another member was asked for since, or the cohort closed
-        self.loading = None
+        self._image_of = token
+        self._timed(show_member_image, self.viewer, name, vol, contrast)
+        QTimer.singleShot(0, lambda: self._timed(self._labels_loaded, token, name, at, vol, prediction))
+
+    def _timed(self, fn, *args) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args)
+        finally:
+            self.switch_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _labels_loaded(self, token: int, name: str, at: int | None, vol, prediction) -> None:
+        ctl = self.ctl
+        if not self.alive["yes"] or token != self._image_of or ctl.cohort is None:
+            return  # the image layer shows a member asked for since: its own labels follow
         try:
             ctl.keep_cohort_painting()  # strokes made while the new member was read
         except SamatchError as exc:
             notify_error(str(exc))
         self._update_row(ctl.cohort_shown)
-        old = self._shown_layers()
-        (image, ikw, _), (labels, lkw, _) = volume_to_layer_data(vol)
-        img = self.viewer.add_image(image, **{**ikw, "metadata": {**ikw["metadata"], "cohort_member": name}})
-        lab = self.viewer.add_labels(labels, **{**lkw, "metadata": {**lkw["metadata"], "cohort_member": name}})
+        ctl.cohort_shown = None  # no painting is kept while the labels layer changes hands
+        lab, pred = show_member_labels(self.viewer, name, vol, prediction)
+        QTimer.singleShot(0, lambda: self._timed(self._member_shown, token, name, at, lab, pred))
+
+    def _member_shown(self, token: int, name: str, at: int | None, lab, pred) -> None:
+        ctl = self.ctl
+        if not self.alive["yes"] or token != self._image_of or ctl.cohort is None:
+            return
         ctl.cohort_shown = name
-        ctl.set_image_layer(img)
+        if token == self._show_token:
+            self.loading = None
+        ctl.set_image_layer(cohort_layers(self.viewer)["image"])
         ctl.set_labels_layer(lab)
-        active = lab
-        if prediction is not None:  # editable: the user corrects it, then accepts a slice of it
-            active = self.viewer.add_labels(prediction, name=f"{name} prediction", scale=lkw["scale"], opacity=0.5,
-                                            metadata={"cohort_member": name, "cohort_prediction": True})
-        for ly in old:
-            self.viewer.layers.remove(ly)
-        self.viewer.layers.selection.active = active
+        self.viewer.layers.selection.active = pred if pred is not None else lab
         self._select_row(name)
         self._go_to(at)
         self._show_status()
@@ -255,7 +277,7 @@ class CohortWidget(QWidget):
 
     def prediction_layer(self):
         """The shown member's prediction layer (review list), or None."""
-        return next((ly for ly in self._shown_layers() if ly.metadata.get("cohort_prediction")), None)
+        return cohort_layers(self.viewer).get("prediction")
 
     def _shown_layers(self) -> list:
         return [ly for ly in self.viewer.layers if ly.metadata.get("cohort_member") is not None]
