@@ -148,3 +148,26 @@ def test_the_cohort_and_its_paintings_in_a_saved_session(cohort, tmp_path):
     plain = tmp_path / "plain"
     save_session(plain, SessionState(name="x"))
     assert load_session(plain).cohort is None
+
+
+def test_keeping_the_shown_member_while_the_next_is_read_reads_no_file(cohort, monkeypatch):
+    """The dock reads the next member in a worker while the shown one may still be kept (an autosave, a Start):
+    keep() compares with the labels as loaded, and accept() starts from the shown layer, never from a file."""
+    import napari_samatch.core.data.cohort_state as cs
+
+    state = CohortState.open(*cohort)
+    shown = state.load("p1").labels
+    state.load("p2")  # the next member, read while p1 is still shown
+
+    def no_read(*_a, **_k):
+        raise AssertionError("a file was read on the main thread")
+
+    monkeypatch.setattr(cs, "read_volume", no_read)
+    monkeypatch.setattr(cs, "read_label", no_read)
+    assert not state.keep("p1", shown)
+    shown[0] = _disc(1)[0]
+    assert state.keep("p1", shown) and state.labeled("p1") == [0, 1, 4]
+    layer = np.zeros(SHAPE, np.uint8)
+    layer[5] = _disc(3)[5]  # p3's shown layer, painted but not yet kept
+    assert state.accept("p3", 2, _disc(3)[2], base=layer)
+    assert state.labeled("p3") == [2, 5] and not layer[2].any()

@@ -179,12 +179,15 @@ class CohortReviewPanel(QWidget):
         try:
             ctl.keep_cohort_painting()  # the painting includes the latest strokes before the slice joins it
             reviewed = np.array(slice_view(np.asarray(pred.data), row.index, state.axis), copy=True)
-            labeled = state.accept(row.member, row.index, reviewed)
+            lab = ctl.labels_layer if ctl.labels_layer is not None and \
+                ctl.labels_layer.metadata.get("cohort_member") == row.member else None
+            # the shown labels are the member's labels: the painting starts from them (no label file read here)
+            labeled = state.accept(row.member, row.index, reviewed,
+                                   base=np.asarray(lab.data) if lab is not None else None)
         except SamatchError as exc:
             notify_error(str(exc))
             return False
-        lab = ctl.labels_layer
-        if lab is not None and lab.metadata.get("cohort_member") == row.member:
+        if lab is not None:
             slice_view(lab.data, row.index, state.axis)[...] = reviewed  # the layer shows what the painting holds
             lab.refresh()
             ctl.refresh_labeled()

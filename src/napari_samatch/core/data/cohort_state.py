@@ -9,6 +9,8 @@ files when shown or trained on). Training uses ``cohort_slices`` with the painti
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,10 @@ class CohortState:
         self.paintings: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._file_labeled: dict[str, list[int]] = {}  # painted slices of each label file, read once
-        self._shown: tuple[str, np.ndarray] | None = None  # the labels of the member last loaded, as loaded
+        # the labels of the members last loaded, as loaded: what keep() compares with. Two, because the dock reads
+        # the next member in a worker while the shown one may still be kept (an autosave, a Start).
+        self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, images: str | os.PathLike, labels: str | os.PathLike | None = None, axis: int = 0) -> CohortState:
@@ -103,18 +108,20 @@ class CohortState:
             labels = np.zeros(vol.shape, np.uint8)
         vol.labels = labels
         self._shapes[name] = tuple(vol.shape)
-        self._shown = (name, labels.copy())
+        with self._lock:
+            self._loaded[name] = labels.copy()
+            self._loaded.move_to_end(name)
+            while len(self._loaded) > 2:
+                self._loaded.popitem(last=False)
         return vol
 
     def keep(self, name: str, labels: np.ndarray) -> bool:
         """Remember ``labels`` (a copy) as the member's painting when they differ from what it had; True if kept."""
         labels = np.asarray(labels)
-        if name in self.paintings:
-            before = self.paintings[name]
-        elif self._shown is not None and self._shown[0] == name:
-            before = self._shown[1]
-        else:
-            before = self.load(name).labels
+        with self._lock:
+            before = self.paintings.get(name, self._loaded.get(name))
+        if before is None:
+            before = self._file_labels(name)
         if before is not None and before.shape == labels.shape and np.array_equal(before, labels):
             return False
         if tuple(labels.shape) != self.shape(name):
@@ -123,17 +130,26 @@ class CohortState:
         self.paintings[name] = np.array(labels, copy=True)
         return True
 
-    def accept(self, name: str, index: int, slice_labels: np.ndarray) -> bool:
+    def _file_labels(self, name: str) -> np.ndarray:
+        """The member's label file (its shape checked against the header), or zeros; the image is not read."""
+        m = self.member(name)
+        base = read_label(m.labels) if m.labels is not None else np.zeros(self.shape(name), np.uint8)
+        if tuple(base.shape) != self.shape(name):
+            raise DataError(f"The label file of '{name}' has shape {base.shape} but its image {self.shape(name)}.")
+        return base
+
+    def accept(self, name: str, index: int, slice_labels: np.ndarray, base: np.ndarray | None = None) -> bool:
         """Make slice ``index`` (along the cohort's axis) of the member's painting equal ``slice_labels`` (a reviewed
-        prediction), so the next training round has it as a labeled slice. The painting starts from the member's
-        labels (painting, else label file, else zeros). True when the slice is now labeled: a slice holding no
-        structure (all background) does not count as labeled, like an unpainted one."""
-        base = self.paintings.get(name)
+        prediction), so the next training round has it as a labeled slice. The painting starts from ``base`` (the
+        shown labels layer: no file read) or the member's labels (painting, else label file, else zeros). True when
+        the slice is now labeled: a slice holding no structure (all background) does not count as labeled, like an
+        unpainted one."""
         if base is None:
-            m = self.member(name)
-            base = read_label(m.labels) if m.labels is not None else np.zeros(self.shape(name), np.uint8)
-            if tuple(base.shape) != self.shape(name):
-                raise DataError(f"The label file of '{name}' has shape {base.shape} but its image {self.shape(name)}.")
+            base = self.paintings.get(name)
+        if base is None:
+            base = self._file_labels(name)
+        if tuple(base.shape) != self.shape(name):
+            raise DataError(f"The labels of '{name}' have shape {base.shape} but its image {self.shape(name)}.")
         axis = check_axis(self.axis, base.ndim)
         if not 0 <= index < base.shape[axis]:
             raise DataError(f"'{name}' has {base.shape[axis]} slices along axis {axis}; there is no slice {index}.")
