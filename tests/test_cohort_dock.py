@@ -95,8 +95,10 @@ def test_open_paint_switch_train_and_export_all(docks, cohort_dirs, qtbot, tiny_
     qtbot.waitUntil(lambda: column(dock, 2) == ["2", "1", "0"], timeout=5000)
 
     # back and forth: p2's painting is kept in memory, p1's label file untouched
+    assert ctl.labels_layer._undo_history  # p2's stroke
     select(qtbot, dock, 0)
     assert ctl.labeled_slices() == [1, 4] and sorted(ctl.cohort.paintings) == ["p2"]
+    assert not ctl.labels_layer._undo_history  # the same layer, new data: no undo into p2's strokes
     select(qtbot, dock, 1)
     assert ctl.labeled_slices() == [3] and ctl.labels_layer.data[3, 24, 22] == 1
     assert column(dock, 2) == ["2", "1", "0"]
@@ -191,6 +193,7 @@ def test_review_across_the_cohort_accept_next_round_and_reopen(docks, cohort_dir
 
     # the next round starts from the current models and trains with the accepted slice
     assert train.start(fresh=False)
+    assert panel.find()  # while it trains: the running models answer
     wait_idle(qtbot, ctl)
     assert ctl.engine is first
     labeled = [first.data.ids[i] for i in first.data.labeled_indices()]

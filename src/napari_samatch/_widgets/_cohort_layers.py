@@ -38,6 +38,9 @@ def _replace(layer: Any, data: Any, name: str, scale: Any, metadata: dict) -> No
     if tuple(layer.scale) != tuple(scale):  # each setter redraws (30-50 ms while training): only when it changes
         layer.scale = scale
     layer.name = name
+    reset = getattr(layer, "_reset_history", None)  # napari keeps a Labels layer's undo steps across new data:
+    if reset is not None:                           # an undo would paint the previous member's strokes here
+        reset()
 
 
 def show_member_image(viewer: Any, name: str, vol: Volume, contrast: tuple[float, float] | None) -> Any:
