@@ -58,3 +58,27 @@ def open_docks(viewer):
 
 def wait_idle(qtbot, ctl, timeout: int = TIMEOUT_MS) -> None:
     qtbot.waitUntil(lambda: ctl.job is None and ctl.state == "idle", timeout=timeout)
+
+
+def heartbeat(qtbot, until, timeout_ms: int) -> list[float]:
+    """Gaps (ms) between ticks of a 10 ms QTimer on the main thread while ``until()`` is false."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    gaps, last = [], [time.perf_counter()]
+
+    def beat():
+        now = time.perf_counter()
+        gaps.append((now - last[0]) * 1e3)
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(beat)
+    timer.start()
+    try:
+        qtbot.waitUntil(until, timeout=timeout_ms)
+    finally:
+        timer.stop()
+    return gaps

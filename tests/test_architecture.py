@@ -14,11 +14,13 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "napari_samatch"
 
-# A part that holds its owner: the Controller builds these with ``self`` and they name its type for the reader.
+# A part that holds its owner: the Controller (or the Cohort dock) builds these with ``self`` and they name its
+# type for the reader.
 # Type-only (under TYPE_CHECKING), so nothing runs in a circle; every other cycle fails the test.
 OWNER_BACK_REFERENCES = {
     ("napari_samatch._widgets._review", "napari_samatch._widgets._controller"),
     ("napari_samatch._widgets._sessions", "napari_samatch._widgets._controller"),
+    ("napari_samatch._widgets._cohort_review", "napari_samatch._widgets._cohort_widget"),
 }
 
 

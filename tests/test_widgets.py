@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gui_helpers import TIMEOUT_MS, add_sample, open_docks, tiny_settings, wait_idle
+from gui_helpers import TIMEOUT_MS, add_sample, heartbeat, open_docks, tiny_settings, wait_idle
 from napari_samatch._widgets._review import NAMES
 
 pytestmark = pytest.mark.gui
@@ -312,30 +312,6 @@ def test_session_save_reopen_and_autosave(make_napari_viewer_proxy, qtbot, tiny_
 
 
 # ------------------------------------------------------------------------------------------ responsiveness
-def _heartbeat(qtbot, until, timeout_ms: int) -> list[float]:
-    """Gaps (ms) between ticks of a 10 ms QTimer on the main thread while ``until()`` is false."""
-    import time
-
-    from qtpy.QtCore import QTimer
-
-    gaps, last = [], [time.perf_counter()]
-
-    def beat():
-        now = time.perf_counter()
-        gaps.append((now - last[0]) * 1e3)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(beat)
-    timer.start()
-    try:
-        qtbot.waitUntil(until, timeout=timeout_ms)
-    finally:
-        timer.stop()
-    return gaps
-
-
 def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_property):
     """A heartbeat on the main thread during a short training: the largest stall stays under 100 ms.
 
@@ -348,10 +324,10 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     viewer, data, train, review = docks
     ctl = data.ctl
     end = time.perf_counter() + 2.0
-    idle = _heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)
+    idle = heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)
     train.set_config(**tiny_settings(tiny_sam, warmup_iters=12, sam_iters=2, joint_iters=6))
     assert train.start()
-    busy = _heartbeat(qtbot, lambda: ctl.job is None and ctl.state == "idle", TIMEOUT_MS)
+    busy = heartbeat(qtbot, lambda: ctl.job is None and ctl.state == "idle", TIMEOUT_MS)
     handler = max(wall for _, wall, _ in ctl.handler_ms)
     stall, idle_stall = max(busy[1:]), max(idle[1:])
     record_property("heartbeat_max_stall_ms", round(stall, 1))

@@ -8,11 +8,14 @@ on every volume (``Controller.start``); "Predict all and export" writes one mask
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -28,11 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .._reader import volume_to_layer_data
 from ..core.data.cohort_state import CohortState
 from ..core.device import autocast
+from ..core.engine.cohort_review import predict_with_confidence
 from ..core.errors import DataError, SamatchError
 from ..core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
+from ._cohort_layers import cohort_layers, contrast_of, show_member_image, show_member_labels
+from ._cohort_review import CohortReviewPanel
 from ._controller import get_controller
 from ._notify import notify_error
 from ._runner import failure_message
@@ -49,6 +54,12 @@ class CohortWidget(QWidget):
         self.ctl = get_controller(napari_viewer)
         self.export_worker: Any = None
         self.written: list[Path] = []  # the masks of the last export
+        self.loading: str | None = None  # the member being read and shown, until it is (tests wait on it)
+        self._show_token = 0  # only the latest request to show a member is shown
+        self._image_of = 0    # the request whose image the image layer shows
+        self.switch_ms: deque[float] = deque(maxlen=1000)  # main-thread ms of each step of showing a volume (tests)
+        self.alive = {"yes": True}  # False once the viewer closed: a volume read meanwhile is dropped
+        self.destroyed.connect(lambda *_, a=self.alive: a.update(yes=False))
         lay = QVBoxLayout(self)
 
         form = QFormLayout()
@@ -82,6 +93,9 @@ class CohortWidget(QWidget):
         self.status = QLabel()
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        lay.addWidget(QLabel("Slices of the whole cohort the model is least sure of:"))
+        self.review = CohortReviewPanel(self)
+        lay.addWidget(self.review, 1)
         self.export_btn = QPushButton("Predict all and export...")
         self.export_btn.setToolTip("Segment every volume with the current model; one mask per volume into a folder.")
         lay.addWidget(self.export_btn)
@@ -91,7 +105,8 @@ class CohortWidget(QWidget):
         self.table.itemSelectionChanged.connect(self._row_chosen)
         self.export_btn.clicked.connect(self._export_clicked)
         self.ctl.labeled_changed.connect(self._on_labeled)
-        self._show_status()
+        self.ctl.cohort_changed.connect(self._on_cohort_changed)
+        self._fill_table()
 
     # ------------------------------------------------------------------ opening
     def _browse(self, edit: QLineEdit, what: str) -> None:
@@ -118,8 +133,19 @@ class CohortWidget(QWidget):
             return False
         self._remove_shown()
         self.ctl.cohort, self.ctl.cohort_shown = state, None
-        self.images_edit.setText(str(images))
-        self.labels_edit.setText(str(labels or ""))
+        self.ctl.sessions.image_changed()  # the cohort's own session folder
+        self._fill_table(rows)
+        return True
+
+    def _fill_table(self, rows: list | None = None) -> None:
+        """The table, folders and status of the controller's cohort (none: empty)."""
+        state, self._show_token = self.ctl.cohort, self._show_token + 1
+        self.loading = None
+        self.review.reset()
+        rows = rows if rows is not None else (state.rows() if state is not None else [])
+        if state is not None:
+            self.images_edit.setText(str(state.images))
+            self.labels_edit.setText(str(state.labels or ""))
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -127,14 +153,25 @@ class CohortWidget(QWidget):
                 self.table.setItem(r, c, QTableWidgetItem(text))
         self.table.blockSignals(False)
         self._show_status()
-        return True
+
+    def _on_cohort_changed(self, show: str | None) -> None:
+        """A cohort put in place elsewhere (a reopened session): show it, and the member it showed."""
+        for ly in self._shown_layers():
+            self.viewer.layers.remove(ly)
+        try:
+            self._fill_table()
+        except SamatchError as exc:
+            notify_error(str(exc))
+            return
+        if show and self.ctl.cohort is not None and show in self.ctl.cohort.names():
+            self.show_member(show)
 
     def close_cohort(self) -> None:
         """Forget the cohort (its paintings too); Start trains on the chosen layers again."""
         self._remove_shown()
         self.ctl.cohort, self.ctl.cohort_shown = None, None
-        self.table.setRowCount(0)
-        self._show_status()
+        self.ctl.sessions.image_changed()
+        self._fill_table()
 
     # ------------------------------------------------------------------ showing a member
     def _row_chosen(self) -> None:
@@ -142,32 +179,105 @@ class CohortWidget(QWidget):
         if rows and self.ctl.cohort is not None:
             self.show_member(self.ctl.cohort.members[rows[0].row()].name)
 
-    def show_member(self, name: str) -> bool:
-        """Show a member as an image and a labels layer (its painting, label file, or empty), chosen for painting;
-        the member shown before keeps its painting in the cohort state."""
+    def show_member(self, name: str, at: int | None = None, prediction: bool = False) -> bool:
+        """Show a member as an image and a labels layer (its painting, label file, or empty), chosen for painting,
+        at slice ``at``; ``prediction`` adds the current model's prediction as an editable layer (the review list).
+
+        The volume is read (and predicted) in a worker thread, so the viewer never waits on a file; the member shown
+        before keeps its painting in the cohort state. True when the member is shown or on its way."""
         ctl, state = self.ctl, self.ctl.cohort
-        if state is None or name == ctl.cohort_shown:
-            return state is not None
+        if state is None:
+            return False
+        if name == ctl.cohort_shown and (not prediction or self.prediction_layer() is not None):
+            self._go_to(at)
+            return True
+        engine = ctl.current_engine() if prediction else None
+        if prediction and engine is None:
+            notify_error("There is no model yet: train one (Start in the Train dock) or load one.")
+            return False
         try:
             ctl.keep_cohort_painting()
-            vol = state.load(name)
         except SamatchError as exc:
             notify_error(str(exc))
             return False
-        self._update_row(ctl.cohort_shown)
-        old = self._shown_layers()
-        (image, ikw, _), (labels, lkw, _) = volume_to_layer_data(vol)
-        img = self.viewer.add_image(image, **{**ikw, "metadata": {**ikw["metadata"], "cohort_member": name}})
-        lab = self.viewer.add_labels(labels, **{**lkw, "metadata": {**lkw["metadata"], "cohort_member": name}})
-        ctl.cohort_shown = name
-        ctl.set_image_layer(img)
-        ctl.set_labels_layer(lab)
-        for ly in old:
-            self.viewer.layers.remove(ly)
-        self.viewer.layers.selection.active = lab
-        self._select_row(name)
-        self._show_status()
+        self._show_token += 1
+        token = self._show_token
+
+        def work():  # worker thread: the file read and the prediction
+            vol = state.load(name)
+            labels = None
+            if engine is not None:
+                labels = predict_with_confidence(engine.unet, vol.image, engine.config.size, state.axis,
+                                                 device=engine.device, lock=engine.lock,
+                                                 amp=autocast(engine.device, engine.config.amp))[0]
+            return vol, labels, contrast_of(vol.image)
+
+        worker = create_worker(work, _start_thread=False)
+        worker.returned.connect(lambda out: self._member_loaded(token, name, at, *out))
+        worker.errored.connect(lambda exc: self._member_failed(token, failure_message(exc, f"Reading {name}")))
+        self.loading = name
+        self.status.setText(f"Reading {name}...")
+        worker.start()
         return True
+
+    def _member_failed(self, token: int, error: str) -> None:
+        if self.alive["yes"] and token == self._show_token:
+            self.loading = None
+            notify_error(error)
+            self._show_status()
+
+    def _member_loaded(self, token: int, name: str, at: int | None, vol, prediction, contrast) -> None:
+        """Show the read member in three turns of the event loop (image; labels and prediction; the rest): each
+        layer's new data redraws it and re-checks the viewer's dims (30-50 ms each while a run trains on this
+        project's 2-core machine), so three short holds of the main thread instead of one long one."""
+        ctl = self.ctl
+        if not self.alive["yes"] or token != self._show_token or ctl.cohort is None or name not in ctl.cohort.names():
+            return  # another member was asked for since, or the cohort closed
+        self._image_of = token
+        self._timed(show_member_image, self.viewer, name, vol, contrast)
+        QTimer.singleShot(0, lambda: self._timed(self._labels_loaded, token, name, at, vol, prediction))
+
+    def _timed(self, fn, *args) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args)
+        finally:
+            self.switch_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def _labels_loaded(self, token: int, name: str, at: int | None, vol, prediction) -> None:
+        ctl = self.ctl
+        if not self.alive["yes"] or token != self._image_of or ctl.cohort is None:
+            return  # the image layer shows a member asked for since: its own labels follow
+        try:
+            ctl.keep_cohort_painting()  # strokes made while the new member was read
+        except SamatchError as exc:
+            notify_error(str(exc))
+        self._update_row(ctl.cohort_shown)
+        ctl.cohort_shown = None  # no painting is kept while the labels layer changes hands
+        lab, pred = show_member_labels(self.viewer, name, vol, prediction)
+        QTimer.singleShot(0, lambda: self._timed(self._member_shown, token, name, at, lab, pred))
+
+    def _member_shown(self, token: int, name: str, at: int | None, lab, pred) -> None:
+        ctl = self.ctl
+        if not self.alive["yes"] or token != self._image_of or ctl.cohort is None:
+            return
+        ctl.cohort_shown = name
+        if token == self._show_token:
+            self.loading = None
+        ctl.set_image_layer(cohort_layers(self.viewer)["image"])
+        ctl.set_labels_layer(lab)
+        self.viewer.layers.selection.active = pred if pred is not None else lab
+        self._select_row(name)
+        self._go_to(at)
+        self._show_status()
+
+    def _go_to(self, at: int | None) -> None:
+        if at is not None:
+            self.ctl.go_to_slice(int(at))
+
+    def prediction_layer(self):
+        """The shown member's prediction layer (review list), or None."""
+        return cohort_layers(self.viewer).get("prediction")
 
     def _shown_layers(self) -> list:
         return [ly for ly in self.viewer.layers if ly.metadata.get("cohort_member") is not None]
@@ -186,6 +296,10 @@ class CohortWidget(QWidget):
         self.table.blockSignals(True)
         self.table.selectRow(names.index(name))
         self.table.blockSignals(False)
+
+    def labeled_count_changed(self, name: str) -> None:
+        """A member's labeled slices changed outside its labels layer (an accepted slice)."""
+        self._update_row(name)
 
     def _update_row(self, name: str | None, labeled: int | None = None) -> None:
         state = self.ctl.cohort

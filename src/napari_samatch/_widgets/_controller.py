@@ -64,6 +64,7 @@ class Controller(QObject):
     engine_event = Signal(object)    # core Event, for the Train dock
     engine_changed = Signal()        # a model became available (trained, loaded)
     review_changed = Signal()        # pseudo-labels, confidence or prompts changed
+    cohort_changed = Signal(object)  # a cohort was put in place (a reopened session): the member to show, or None
     message = Signal(str)            # a line for the log
 
     def __init__(self, viewer: Any) -> None:
@@ -337,6 +338,11 @@ class Controller(QObject):
         self._launch(TrainingJob(make_engine, 1, (1, 1), str(self.sessions.folder / "checkpoints"), previews=False),
                      config.total_iters, review=False)
         return True
+
+    def current_engine(self) -> Any:
+        """The engine whose Match model answers now: the running job's (once built), else the last one."""
+        running = self.job.engine if self.job is not None else None
+        return running if running is not None else self.engine
 
     def update_previews(self) -> bool:
         """Recompute pseudo-labels, confidence and prompts of every slice with the current models."""

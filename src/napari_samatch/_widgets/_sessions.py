@@ -22,6 +22,7 @@ from ..core.checkpoint import load_checkpoint, sha256_bytes
 from ..core.data.session import SessionState, default_session_dir, load_session, save_session
 from ..core.data.volume import Volume
 from ..core.errors import CheckpointError, DataError, SamatchError
+from ._cohort_session import cohort_model_job, cohort_snapshot, open_cohort_session
 from ._layers import PromptTable
 from ._notify import notify_error
 from ._runner import failure_message
@@ -65,6 +66,8 @@ class SessionManager(QObject):
     # ------------------------------------------------------------------ folder
     @property
     def folder(self) -> Path:
+        if self._folder is None and self.ctl.cohort is not None:  # one folder for the cohort, not per member
+            self._folder = default_session_dir(f"cohort_{self.ctl.cohort.images.name}")
         if self._folder is None:
             img = self.ctl.image_layer
             name = img.name if img is not None else "untitled"
@@ -91,6 +94,8 @@ class SessionManager(QObject):
     def snapshot(self) -> SessionState:
         """Copies of everything to save (main thread; arrays are copied so editing may go on)."""
         ctl, rev = self.ctl, self.ctl.review
+        if ctl.cohort is not None:
+            return cohort_snapshot(ctl, self.settings)
         img = ctl.image_layer
         settings = {"axis": ctl.axis, "class_names": list(ctl.class_names), "val_slices": ctl.val_slices,
                     "image_layer": img.name if img is not None else None,
@@ -117,7 +122,7 @@ class SessionManager(QObject):
         if self.ctl.viewer is None:  # the viewer is gone: nothing more to watch
             self.timer.stop()
             return
-        if self.ctl.labels_layer is None or (not self.dirty and not force):
+        if (self.ctl.labels_layer is None and self.ctl.cohort is None) or (not self.dirty and not force):
             return
         self.save()
 
@@ -189,6 +194,8 @@ class SessionManager(QObject):
     def open(self, folder: str | Path) -> SessionState:
         """Reopen a session: image, labels, review layers, settings, then the model (in a worker)."""
         state = load_session(folder)
+        if state.cohort is not None:
+            return open_cohort_session(self, folder, state)
         ctl, v = self.ctl, self.ctl.viewer
         st = state.settings
         shape = state.labels.shape if state.labels is not None else None
@@ -254,9 +261,13 @@ class SessionManager(QObject):
     def load_model(self, path: str | Path, preview: bool = True, device: str | None = None) -> None:
         """Build an engine from a training checkpoint or an exported model, in a worker."""
         ctl = self.ctl
+        device = device or self.settings.get("device") or "auto"
+        if ctl.cohort is not None:
+            self.checkpoint_path = Path(path)
+            ctl._launch(cohort_model_job(ctl, Path(path), device, engine_from_file), 0, review=False)
+            return
         vol = ctl.volume()
         labeled = ctl.labeled_slices()
-        device = device or self.settings.get("device") or "auto"
 
         def make_engine():
             data, _ = ctl.build_slices(vol, labeled, [])

@@ -9,8 +9,11 @@ files when shown or trained on). Training uses ``cohort_slices`` with the painti
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +53,10 @@ class CohortState:
         self.paintings: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._file_labeled: dict[str, list[int]] = {}  # painted slices of each label file, read once
-        self._shown: tuple[str, np.ndarray] | None = None  # the labels of the member last loaded, as loaded
+        # the labels of the members last loaded, as loaded: what keep() compares with. Two, because the dock reads
+        # the next member in a worker while the shown one may still be kept (an autosave, a Start).
+        self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, images: str | os.PathLike, labels: str | os.PathLike | None = None, axis: int = 0) -> CohortState:
@@ -102,18 +108,20 @@ class CohortState:
             labels = np.zeros(vol.shape, np.uint8)
         vol.labels = labels
         self._shapes[name] = tuple(vol.shape)
-        self._shown = (name, labels.copy())
+        with self._lock:
+            self._loaded[name] = labels.copy()
+            self._loaded.move_to_end(name)
+            while len(self._loaded) > 2:
+                self._loaded.popitem(last=False)
         return vol
 
     def keep(self, name: str, labels: np.ndarray) -> bool:
         """Remember ``labels`` (a copy) as the member's painting when they differ from what it had; True if kept."""
         labels = np.asarray(labels)
-        if name in self.paintings:
-            before = self.paintings[name]
-        elif self._shown is not None and self._shown[0] == name:
-            before = self._shown[1]
-        else:
-            before = self.load(name).labels
+        with self._lock:
+            before = self.paintings.get(name, self._loaded.get(name))
+        if before is None:
+            before = self._file_labels(name)
         if before is not None and before.shape == labels.shape and np.array_equal(before, labels):
             return False
         if tuple(labels.shape) != self.shape(name):
@@ -121,6 +129,64 @@ class CohortState:
                             "paint on the labels layer the Cohort dock made for it.")
         self.paintings[name] = np.array(labels, copy=True)
         return True
+
+    def _file_labels(self, name: str) -> np.ndarray:
+        """The member's label file (its shape checked against the header), or zeros; the image is not read."""
+        m = self.member(name)
+        base = read_label(m.labels) if m.labels is not None else np.zeros(self.shape(name), np.uint8)
+        if tuple(base.shape) != self.shape(name):
+            raise DataError(f"The label file of '{name}' has shape {base.shape} but its image {self.shape(name)}.")
+        return base
+
+    def accept(self, name: str, index: int, slice_labels: np.ndarray, base: np.ndarray | None = None) -> bool:
+        """Make slice ``index`` (along the cohort's axis) of the member's painting equal ``slice_labels`` (a reviewed
+        prediction), so the next training round has it as a labeled slice. The painting starts from ``base`` (the
+        shown labels layer: no file read) or the member's labels (painting, else label file, else zeros). True when
+        the slice is now labeled: a slice holding no structure (all background) does not count as labeled, like an
+        unpainted one."""
+        if base is None:
+            base = self.paintings.get(name)
+        if base is None:
+            base = self._file_labels(name)
+        if tuple(base.shape) != self.shape(name):
+            raise DataError(f"The labels of '{name}' have shape {base.shape} but its image {self.shape(name)}.")
+        axis = check_axis(self.axis, base.ndim)
+        if not 0 <= index < base.shape[axis]:
+            raise DataError(f"'{name}' has {base.shape[axis]} slices along axis {axis}; there is no slice {index}.")
+        painted = np.array(base, copy=True)  # a new array: snapshots of ``paintings`` taken before stay valid
+        target = np.moveaxis(painted, axis, 0)[index]
+        slice_labels = np.asarray(slice_labels)
+        if slice_labels.shape != target.shape:
+            raise DataError(f"The accepted slice has shape {slice_labels.shape}, a slice of '{name}' {target.shape}.")
+        top = int(slice_labels.max()) if slice_labels.size else 0
+        if painted.dtype.kind in "ui" and top > np.iinfo(painted.dtype).max:  # a class the painting's dtype lacks
+            painted = painted.astype(np.promote_types(painted.dtype, np.min_scalar_type(top)))
+            target = np.moveaxis(painted, axis, 0)[index]
+        target[...] = slice_labels
+        self.paintings[name] = painted
+        return bool(target.any())
+
+    # ------------------------------------------------------------------ the saved session
+    def session_doc(self) -> dict[str, Any]:
+        """The cohort as plain JSON (folders, axis, which members hold a painting); the paintings are arrays."""
+        return {"images": str(self.images), "labels": str(self.labels) if self.labels is not None else None,
+                "axis": int(self.axis), "painted": sorted(self.paintings)}
+
+    @classmethod
+    def from_session(cls, doc: dict[str, Any], paintings: dict[str, np.ndarray]) -> CohortState:
+        """The cohort of a saved session, its paintings back in memory; a DataError sentence when the folder
+        lost a painted volume or a painting no longer fits its volume (nothing painted is silently dropped)."""
+        state = cls.open(doc["images"], doc.get("labels"), int(doc.get("axis", 0)))
+        missing = sorted(set(paintings) - set(state.names()))
+        if missing:
+            raise DataError(f"The session holds paintings of {', '.join(missing)}, which are no longer in "
+                            f"{state.images}. Put those volumes back, then open the session again.")
+        for name, arr in paintings.items():
+            if tuple(arr.shape) != state.shape(name):
+                raise DataError(f"The session's painting of '{name}' has shape {arr.shape} but the volume now has "
+                                f"{state.shape(name)}; was the file replaced? Put the original back.")
+            state.paintings[name] = np.asarray(arr)
+        return state
 
     # ------------------------------------------------------------------ training
     def check_labeled(self, paintings: dict[str, np.ndarray] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 A session folder holds ``session.json`` and the files it names: the user's labels, the refined
 pseudo-labels with their confidence and the slices the user corrected, the prompt tables, the image
-itself when it has no file of its own (the sample), and a copy of the model checkpoint. Every path in
+itself when it has no file of its own (the sample), a copy of the model checkpoint, and an open cohort's
+folders with the volumes painted in napari (one ``.npz`` of label arrays). Every path in
 ``session.json`` is relative to the folder and must stay inside it; an absolute path or ``..`` is
 refused, so opening a session someone sent never reads or overwrites files elsewhere.
 
@@ -54,6 +55,8 @@ class SessionState:
     checkpoint: Path | None = None                # absolute after load; inside the session folder
     checkpoint_sha256: str | None = None
     saved_at: float = 0.0
+    cohort: dict[str, Any] | None = None          # an open cohort (CohortState.session_doc): folders, axis
+    cohort_paintings: dict[str, np.ndarray] = field(default_factory=dict)  # member name -> its painted labels
 
 
 # ----------------------------------------------------------------------------------- folders
@@ -142,6 +145,13 @@ def save_session(folder: str | os.PathLike, state: SessionState, checkpoint: str
             put(key, f"{key}.{gen}.npy", _npy_bytes(np.asarray(arr)))
     if state.prompts:
         put("prompts", f"prompts.{gen}.npz", _npz_bytes(state.prompts))
+    cohort = None
+    if state.cohort is not None:  # paintings keyed by position: a volume's name need not be a valid npz key
+        names = sorted(state.cohort_paintings)
+        cohort = {**state.cohort, "painted": names}
+        if names:
+            put("cohort_paintings", f"cohort_paintings.{gen}.npz",
+                _npz_bytes({f"p{k}": state.cohort_paintings[n] for k, n in enumerate(names)}))
 
     ckpt = Path(checkpoint) if checkpoint is not None else state.checkpoint
     if ckpt is not None:
@@ -155,7 +165,7 @@ def save_session(folder: str | os.PathLike, state: SessionState, checkpoint: str
         "source": str(state.source) if state.source else None,
         "spacing": [float(s) for s in state.spacing] if state.spacing is not None else None,
         "affine": np.asarray(state.affine, dtype=float).tolist() if state.affine is not None else None,
-        "files": files,
+        "cohort": cohort, "files": files,
     }
     atomic_write_bytes(folder / SESSION_FILE, json.dumps(doc, indent=1).encode())
     _remove_stale(folder, old, files)
@@ -242,6 +252,20 @@ def load_session(folder: str | os.PathLike, verify: bool = True) -> SessionState
     if target is not None:
         with np.load(target, allow_pickle=False) as npz:
             state.prompts = {k: npz[k] for k in npz.files}
+    if isinstance(doc.get("cohort"), dict):
+        state.cohort = dict(doc["cohort"])
+        target = resolve("cohort_paintings")
+        names = [str(n) for n in state.cohort.get("painted") or []]
+        if names and target is None:
+            raise DataError("The session names cohort paintings but holds no file of them. Restore the session "
+                            "folder from a backup.")
+        if target is not None:
+            try:
+                with np.load(target, allow_pickle=False) as npz:
+                    state.cohort_paintings = {n: npz[f"p{k}"] for k, n in enumerate(names)}
+            except (OSError, ValueError, KeyError) as exc:
+                raise DataError(f"The cohort paintings in {target.name} could not be read ({exc}). Restore the "
+                                "session folder from a backup.") from exc
     ckpt = resolve("checkpoint")
     if ckpt is not None:
         state.checkpoint, state.checkpoint_sha256 = ckpt, files["checkpoint"].get("sha256")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -47,6 +48,18 @@ def to_frame(slices: np.ndarray, size: int) -> torch.Tensor:
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
 
 
+def volume_probs(unet: UNet, moved: np.ndarray, size: int, device: torch.device | str = "cpu",
+                 batch_size: int = 16, amp=None, lock=None) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, probs)`` per chunk of slices of ``moved`` (N,H,W): softmax probabilities (n,C,H,W) resized back
+    to the slices' own size. ``lock`` (the engine's) is held per chunk only, so training steps interleave."""
+    h, w = moved.shape[1:]
+    for start in range(0, len(moved), batch_size):
+        chunk = to_frame(moved[start:start + batch_size], size).to(device)
+        with lock if lock is not None else contextlib.nullcontext(), torch.no_grad():
+            probs = predict_probs(unet, chunk, batch_size=batch_size, amp=amp)
+        yield start, F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def predict_volume(unet: UNet, volume: np.ndarray, size: int, device: torch.device | str = "cpu",
                    axis: int = 0, batch_size: int = 16, amp=None) -> np.ndarray:
@@ -64,12 +77,8 @@ def predict_volume(unet: UNet, volume: np.ndarray, size: int, device: torch.devi
         arr = arr[None]
         axis = 0
     moved = np.moveaxis(arr, axis, 0)
-    h, w = moved.shape[1:]
     out = np.zeros(moved.shape, dtype=np.uint8)
-    for start in range(0, len(moved), batch_size):
-        chunk = to_frame(moved[start:start + batch_size], size).to(device)
-        probs = predict_probs(unet, chunk, batch_size=batch_size, amp=amp)
-        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
-        out[start:start + len(chunk)] = class_map(probs).cpu().numpy().astype(np.uint8)
+    for start, probs in volume_probs(unet, moved, size, device, batch_size, amp):
+        out[start:start + len(probs)] = class_map(probs).cpu().numpy().astype(np.uint8)
     out = np.moveaxis(out, 0, axis)
     return out[0] if squeeze else out
