@@ -175,12 +175,11 @@ class Engine:
             dice = self.refiner.calibrate(pick.tolist(), self.images[pick], self.labels[pick])
         names = c.class_names
         sam = [f"{names[k]} {d:.2f}" for k, d in dice.items() if k in self.refiner.trusted]
-        kept = [f"{names[k]} {d:.2f}" + (", a ring" if k in self.refiner.rings else "")
+        kept = [f"{names[k]} {d:.2f} (" + ("a ring: a box cannot outline it" if k in self.refiner.rings
+                                           else f"below {c.sam_trust_dice:g}") + ")"
                 for k, d in dice.items() if k not in self.refiner.trusted]
         return (f"SAM's Dice from ground-truth boxes on {len(pick)} labeled slices: SAM refines "
-                f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {'; '.join(kept)} "
-                                                     f"(below {c.sam_trust_dice:g} or a ring a box cannot "
-                                                     "outline)" if kept else ""))
+                f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {', '.join(kept)}" if kept else ""))
 
     def sam_optimizer(self) -> torch.optim.Optimizer:
         """SAM's optimiser, made on first use (a run without SAM never builds one)."""
