@@ -79,11 +79,14 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     if not sources:
         raise SamatchError("Say what to train on: --ssl4mis DIR, --image FILE --labels FILE, --images DIR --labels "
                            "DIR, or --folder DIR.")
+    if args.val_slices is not None and args.val_slices < 0:
+        raise SamatchError(f"--val-slices {args.val_slices} is negative; give 0 (no validation) or more.")
     if "checkpoint_dir" in _overrides(args):
         raise SamatchError("checkpoint_dir is --out on the command line (the run's checkpoints, model.pt and "
                            "metrics.json go there); give --out instead.")
     for flag, used, needs in (("--labels", args.labels, ("--image", "--images")),
                               ("--axis", args.axis, ("--image", "--images")),
+                              ("--val-slices", args.val_slices, ("--image", "--images")),
                               ("--limit", args.limit, ("--ssl4mis",)), ("--lazy", args.lazy, ("--ssl4mis",))):
         if used is not None and sources[0] not in needs:
             alt = " or ".join(needs)
@@ -142,6 +145,13 @@ def _train(args: argparse.Namespace, main: bool) -> int:
                                         config.class_names if "class_names" in classes else None)
     if val is not None and val.num_classes == data.num_classes:
         val.class_names = list(data.class_names)
+    if args.val_slices:  # --image / --images (checked above): held out of training, scored per volume
+        from .core.data.holdout import split_validation
+
+        data, val = split_validation(data, args.val_slices)
+        if val is None:
+            raise SamatchError(f"--val-slices {args.val_slices} needs at least two labeled slices (one to train "
+                               "on); paint more slices or leave --val-slices out.")
     config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
     if args.resume:  # flags given here (--device cpu, a smaller --batch-labeled) override the checkpoint's
         engine = Engine.from_checkpoint(args.resume, data, val=val, **_overrides(args))
@@ -288,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels", help="the label file for --image, or the folder of label files (named like the "
                                     "volumes) for --images; painted slices count as labeled")
     t.add_argument("--axis", type=int, help="slice axis of --image (default 0)")
+    t.add_argument("--val-slices", dest="val_slices", type=int,
+                   help="with --image or --images: hold N labeled slices out for validation (evenly spread; "
+                        "over the cohort's volumes with --images) and keep the best model by their Dice")
     t.add_argument("--folder", help="a folder of 2D images with *_mask*.png masks (BUSI layout)")
     t.add_argument("--resume", help="a last.pt checkpoint to continue from")
     t.add_argument("--out", default="samatch-run", help="output folder (checkpoints, model.pt, metrics.json)")

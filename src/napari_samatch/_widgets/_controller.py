@@ -22,6 +22,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.config import RunConfig
 from ..core.data.cohort_state import CohortState
+from ..core.data.holdout import held_out
 from ..core.data.slices import SliceSet, default_class_names
 from ..core.data.volume import Volume
 from ..core.engine import events as ev
@@ -31,7 +32,7 @@ from ._notify import notify_error
 from ._registry import CONTROLLERS
 from ._runner import TrainingJob
 from ._shutdown import finish_on_quit, finish_workers
-from ._slicing import build_slices, cohort_engine, held_out, volume_from_layers
+from ._slicing import build_slices, cohort_engine, volume_from_layers
 
 log = logging.getLogger(__name__)
 
@@ -327,14 +328,15 @@ class Controller(QObject):
             notify_error(str(exc))
             return False
         self.last_config = config
-        engine, names = (None if fresh else self.engine), list(self.class_names)
+        engine, names, val_slices = (None if fresh else self.engine), list(self.class_names), self.val_slices
 
         def make_engine():  # worker thread: label files are read here
-            return cohort_engine(cohort, paintings, names, config, engine)
+            return cohort_engine(cohort, paintings, names, config, engine, val_slices=val_slices)
 
         self.sessions.autosave(force=True)
         self.message.emit(f"Training one model on the cohort: {len(cohort.members)} volumes, "
-                          f"{len(paintings)} painted here.")
+                          f"{len(paintings)} painted here" + (f"; up to {val_slices} labeled slice(s) held out "
+                                                              "for validation." if val_slices else "."))
         self._launch(TrainingJob(make_engine, 1, (1, 1), str(self.sessions.folder / "checkpoints"), previews=False),
                      config.total_iters, review=False)
         return True

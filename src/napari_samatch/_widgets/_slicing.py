@@ -1,4 +1,4 @@
-"""From napari layers to the engine's input: a volume snapshot, held-out slices, the slice sets.
+"""From napari layers to the engine's input: a volume snapshot, the slice sets (held-out ones: core/data/holdout.py).
 
 Plain functions of layer data, kept apart from the controller so they read (and test) on their own.
 """
@@ -12,6 +12,7 @@ import numpy as np
 from ..core.config import RunConfig
 from ..core.data.cohort import cohort_slices
 from ..core.data.cohort_state import CohortState
+from ..core.data.holdout import split_validation
 from ..core.data.slices import SliceSet
 from ..core.data.volume import Volume, to_single_channel
 from ..core.errors import DataError
@@ -35,15 +36,6 @@ def volume_from_layers(image_layer: Any, labels_layer: Any, class_names: Sequenc
                             **({"nifti_codes": md["nifti_codes"]} if "nifti_codes" in md else {})})
 
 
-def held_out(labeled: Sequence[int], val_slices: int) -> list[int]:
-    """Labeled slices kept for validation: ``val_slices`` of them, evenly spread, never all."""
-    k = min(val_slices, len(labeled) - 1)
-    if k <= 0:
-        return []
-    picks = np.linspace(0, len(labeled) - 1, k + 2)[1:-1].round().astype(int)
-    return sorted({labeled[i] for i in picks})
-
-
 def build_slices(vol: Volume, axis: int, labeled: Sequence[int], held: Sequence[int],
                  class_names: Sequence[str]) -> tuple[SliceSet, SliceSet | None]:
     """Training slices (held-out ones unlabeled, their labels hidden) and the validation set."""
@@ -60,16 +52,18 @@ def build_slices(vol: Volume, axis: int, labeled: Sequence[int], held: Sequence[
 
 
 def cohort_engine(cohort: CohortState, paintings: dict[str, np.ndarray], class_names: Sequence[str],
-                  config: RunConfig, engine: Any = None) -> Any:
-    """A new engine on every slice of the cohort (paintings over label files), or ``engine``'s next round on it.
-    Runs in the worker thread: it reads the label files."""
+                  config: RunConfig, engine: Any = None, val_slices: int = 0) -> Any:
+    """A new engine on every slice of the cohort (paintings over label files), or ``engine``'s next round on it;
+    ``val_slices`` labeled slices, spread over the cohort, held out for validation. Runs in the worker thread:
+    it reads the label files."""
     from ..core.engine.engine import Engine
 
     data = cohort_slices(cohort.members, cohort.axis, list(class_names) or None, paintings=paintings)
+    data, val = split_validation(data, val_slices)
     cfg = config.replace(num_classes=data.num_classes, class_names=list(data.class_names), checkpoint_dir=None)
     if engine is None:
-        return Engine(data, cfg)
-    engine.next_round(data, cfg)
+        return Engine(data, cfg, val=val)
+    engine.next_round(data, cfg, val)
     return engine
 
 
