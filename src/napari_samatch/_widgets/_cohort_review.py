@@ -15,11 +15,9 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -30,6 +28,7 @@ from ..core.errors import SamatchError
 from ._layers import slice_view
 from ._notify import notify_error
 from ._runner import failure_message
+from ._tables import row_table
 
 if TYPE_CHECKING:
     from ._cohort_widget import CohortWidget
@@ -62,13 +61,7 @@ class CohortReviewPanel(QWidget):
         row.addWidget(self.find_btn)
         row.addWidget(self.accept_btn)
         lay.addLayout(row)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setToolTip("Click a slice to see it with the model's prediction; correct it, then Accept.")
+        self.table = row_table(COLUMNS, "Click a slice to see it with the model's prediction; correct it, then Accept.")
         lay.addWidget(self.table, 1)
         self.status = QLabel("Train a model, then find the slices of the cohort it is least sure of.")
         self.status.setWordWrap(True)

@@ -17,7 +17,6 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -25,7 +24,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -41,6 +39,7 @@ from ._cohort_review import CohortReviewPanel
 from ._controller import get_controller
 from ._notify import notify_error
 from ._runner import failure_message
+from ._tables import row_table
 
 COLUMNS = ("Volume", "Shape", "Labeled slices")
 
@@ -82,13 +81,7 @@ class CohortWidget(QWidget):
         row.addWidget(self.close_btn)
         lay.addLayout(row)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setToolTip("Click a volume to show it with its labels and paint a few of its slices.")
+        self.table = row_table(COLUMNS, "Click a volume to show it with its labels and paint a few of its slices.")
         lay.addWidget(self.table, 1)
         self.status = QLabel()
         self.status.setWordWrap(True)
