@@ -4,7 +4,7 @@ Order: slices are sorted by their position along the slice normal (``ImagePositi
 the cross product of the two ``ImageOrientationPatient`` directions), so file names and file order do not
 matter. Without positions, ``InstanceNumber`` orders them and the geometry is unknown (``affine`` ``None``).
 
-Geometry, in the ``Volume`` conventions (array ``(Z, Y, X)`` = (slice, row, column), see ``io.py``):
+Geometry, in the ``Volume`` conventions (array ``(Z, Y, X)`` = (slice, row, column), see ``formats.py``):
 
 * ``spacing`` = (distance between slice positions, ``PixelSpacing[0]`` (between rows), ``PixelSpacing[1]``).
 * ``affine`` maps array voxels to the NIfTI world frame (RAS+), as the NIfTI reader's does: DICOM's patient

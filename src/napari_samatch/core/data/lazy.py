@@ -100,7 +100,7 @@ def read_raw(ref: SliceRef) -> np.ndarray | None:
         shape = _nifti_shape(img)
         if ref.index is None:
             return np.asarray(img.dataobj).reshape(shape).T
-        # array axis a is NIfTI axis ndim-1-a (io.py); trailing singleton axes are indexed at 0
+        # array axis a is NIfTI axis ndim-1-a (formats.py); trailing singleton axes are indexed at 0
         ix = _take_axis(len(shape), len(shape) - 1 - ref.axis, ref.index) + (0,) * (len(img.shape) - len(shape))
         return np.asarray(img.dataobj[ix]).T
 

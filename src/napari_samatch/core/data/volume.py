@@ -107,7 +107,7 @@ class Volume:
         image: ``(H, W)`` or ``(Z, H, W)`` single-channel array (float32 from the readers).
         labels: integer class array of the same shape (0 = background), or ``None``.
         spacing: physical size of a voxel along each array axis, in array order; ``None`` = unknown.
-        affine: 4x4 voxel-to-world matrix of the array *as stored here* (see ``core.data.io`` for the
+        affine: 4x4 voxel-to-world matrix of the array *as stored here* (see ``core.data.formats`` for the
             NIfTI axis convention); ``None`` = unknown.
         name: short display name.
         source: the file or folder it was read from, if any.

@@ -3,7 +3,7 @@
 Writes are atomic: temporary files in the target folder are renamed over the targets only once all
 of them are written, so a failure (missing folder, no permission, full disk) leaves nothing half-written
 and raises ``StorageError`` with a sentence (``checkpoint.atomic_paths``, the package's one atomic writer).
-The NIfTI axis convention is described in ``io.py``.
+The NIfTI axis convention is described in ``formats.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 
 from ..checkpoint import atomic_paths, storage_error
 from ..errors import DataError, StorageError
-from .io import array_to_nifti_affine, file_kind
+from .formats import array_to_nifti_affine
+from .io import file_kind
 from .outputs import check_new_files, check_not_an_input
 from .volume import Volume, coerce_labels
 
