@@ -1,5 +1,6 @@
-"""Shared by the bad-input tables (``test_bad_input.py``, ``test_bad_input_files.py``): how a row is
-registered and checked, and the small files the rows are built from.
+"""Shared by the bad-input tables (``test_bad_input.py``, ``test_bad_input_engine.py``,
+``test_bad_input_files.py``, ``test_bad_input_data_loss.py``): how a row is registered and checked, and the
+small files the rows are built from.
 
 A row builds its input in a temp folder and returns the action that must fail; ``check_row`` checks that
 the error is the project's own type (for the CLI: exit status 2 and one ``napari-samatch: ...`` line on
