@@ -12,53 +12,22 @@ import numpy as np
 import pytest
 import tifffile
 
+from cohort_helpers import SHAPE, painted, patient_affine, save_nifti, write_cohort
+from cohort_helpers import square_volume as volume
 from napari_samatch.cli import main
 from napari_samatch.core.data.cohort import cohort_slices, list_cohort
 from napari_samatch.core.errors import DataWarning
 
-SHAPE = (6, 24, 20)  # (Z, Y, X)
 TRAIN = ["--method", "supervised", "--warmup-iters", "0", "--sam-iters", "0", "--joint-iters", "2", "--size", "32",
          "--device", "cpu", "--threads", "1", "--eval-every", "0", "--quiet"]
-
-
-def volume(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A noisy image with a bright square (class 1), and its full labels."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(0, 0.1, SHAPE).astype(np.float32)
-    labels = np.zeros(SHAPE, np.uint8)
-    labels[:, 6:16, 5:13] = 1
-    image[labels == 1] += 1.0
-    return image, labels
-
-
-def affine(seed: int) -> np.ndarray:
-    return np.array([[0.9, 0, 0, -10.0 - seed], [0, 1.1, 0, 5.0], [0, 0, 3.0, 7.0 * seed], [0, 0, 0, 1]])
-
-
-def save_nifti(path: Path, arr: np.ndarray, seed: int) -> None:
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.T), affine(seed)), str(path))  # array (z,y,x) -> (x,y,z)
-
-
-def painted(labels: np.ndarray, slices: list[int]) -> np.ndarray:
-    out = np.zeros_like(labels)
-    out[slices] = labels[slices]
-    return out
 
 
 @pytest.fixture
 def nifti_cohort(tmp_path) -> tuple[Path, Path]:
     """Three NIfTI volumes; 'p1' has 2 painted slices, 'p2' one (a '_label' file), 'p3' none; one orphan label."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for k in (1, 2, 3):
-        image, lab = volume(k)
-        save_nifti(images / f"p{k}.nii.gz", image, k)
-        if k == 1:
-            save_nifti(labels / "p1.nii.gz", painted(lab, [1, 4]), k)
-        if k == 2:
-            save_nifti(labels / "p2_label.nii.gz", painted(lab, [2]), k)
-    save_nifti(labels / "someone_else.nii.gz", painted(volume(9)[1], [0]), 9)
+    images, labels = write_cohort(tmp_path, volume, patient_affine)
+    save_nifti(labels / "p2_label.nii.gz", painted(volume(2)[1], [2]), patient_affine(2))
+    save_nifti(labels / "someone_else.nii.gz", painted(volume(9)[1], [0]), patient_affine(9))
     (images / "README.txt").write_text("three patients")
     return images, labels
 
@@ -112,7 +81,7 @@ def test_cli_trains_on_a_cohort_and_predicts_every_volume(nifti_cohort, tmp_path
     for k in (1, 2, 3):  # each mask on its source's grid
         mask = nib.load(str(masks / f"p{k}.nii.gz"))
         assert mask.shape == SHAPE[::-1]
-        np.testing.assert_allclose(mask.affine, affine(k), atol=1e-5)
+        np.testing.assert_allclose(mask.affine, patient_affine(k), atol=1e-5)
     assert {p.name: p.read_bytes() for p in images.iterdir()} == before  # inputs untouched
     # the masks are named like the volumes, so they serve as --labels of the next round
     assert [m.labels.name for m in list_cohort(images, masks)] == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
@@ -161,7 +130,7 @@ def test_cohort_mistakes_get_one_sentence(nifti_cohort, tmp_path, capsys):
     assert "holds no volumes" in cli_error(["train", "--images", tmp_path / "empty", *out, *TRAIN], capsys)
     assert "Give one data source, not --image and --images" in cli_error(
         ["train", "--images", images, "--image", images / "p1.nii.gz", *out, *TRAIN], capsys)
-    save_nifti(images / "p1.nii", volume(1)[0], 1)
+    save_nifti(images / "p1.nii", volume(1)[0], patient_affine(1))
     assert "have the same name 'p1'" in cli_error(["train", "--images", images, "--labels", labels, *out, *TRAIN],
                                                   capsys)
     (images / "p1.nii").unlink()

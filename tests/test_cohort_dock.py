@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from cohort_helpers import write_cohort
 from gui_helpers import TIMEOUT_MS, heartbeat, tiny_settings, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -26,27 +27,19 @@ def _affine(k: int) -> np.ndarray:
     return np.array([[1.2, 0, 0, -10.0 - k], [0, 1.2, 0, 5.0], [0, 0, 4.0, 3.0 * k], [0, 0, 0, 1]])
 
 
-def _save(path: Path, arr: np.ndarray, k: int) -> None:
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.T), _affine(k)), str(path))  # array (z,y,x) -> (x,y,z)
+def _disc_volume(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc (class 1) on every slice, moving with the patient."""
+    yy, xx = np.mgrid[:SHAPE[1], :SHAPE[2]]
+    disc = (yy - 24) ** 2 + (xx - 20 - k) ** 2 < 100
+    image = np.random.default_rng(k).normal(0, 0.1, SHAPE).astype(np.float32)
+    image[:, disc] += 1.0
+    return image, np.broadcast_to(disc, SHAPE).astype(np.uint8)
 
 
 @pytest.fixture
 def cohort_dirs(tmp_path) -> tuple[Path, Path]:
     """p1 (a label file painting slices 1 and 4), p2 and p3 (no label file); a bright disc is class 1."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    yy, xx = np.mgrid[:SHAPE[1], :SHAPE[2]]
-    for k in (1, 2, 3):
-        disc = (yy - 24) ** 2 + (xx - 20 - k) ** 2 < 100
-        image = np.random.default_rng(k).normal(0, 0.1, SHAPE).astype(np.float32)
-        image[:, disc] += 1.0
-        _save(images / f"p{k}.nii.gz", image, k)
-        if k == 1:
-            lab = np.zeros(SHAPE, np.uint8)
-            lab[[1, 4]] = disc
-            _save(labels / "p1.nii.gz", lab, k)
-    return images, labels
+    return write_cohort(tmp_path, _disc_volume, _affine)
 
 
 @pytest.fixture

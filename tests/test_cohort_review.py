@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
+from cohort_helpers import SHAPE, write_cohort
 from napari_samatch.core.config import RunConfig
 from napari_samatch.core.data.cohort_state import CohortState
 from napari_samatch.core.data.session import SessionState, load_session, save_session
@@ -19,12 +19,6 @@ from napari_samatch.core.errors import DataError
 from napari_samatch.core.match.inference import predict_volume
 from napari_samatch.core.match.unet import UNet
 
-SHAPE = (6, 24, 20)  # (Z, Y, X)
-
-
-def _save(path: Path, arr: np.ndarray) -> None:
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.T), np.diag([1.0, 1.0, 3.0, 1.0])), str(path))
-
 
 def _disc(k: int) -> np.ndarray:
     lab = np.zeros(SHAPE, np.uint8)
@@ -32,20 +26,14 @@ def _disc(k: int) -> np.ndarray:
     return lab
 
 
+def _noisy_disc(k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.random.default_rng(k).normal(0, 0.1, SHAPE).astype(np.float32) + _disc(k), _disc(k)
+
+
 @pytest.fixture
 def cohort(tmp_path) -> tuple[Path, Path]:
     """p1 (a label file painting slices 1 and 4), p2 and p3 (no label file)."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for k in (1, 2, 3):
-        image = np.random.default_rng(k).normal(0, 0.1, SHAPE).astype(np.float32) + _disc(k)
-        _save(images / f"p{k}.nii.gz", image)
-        if k == 1:
-            only = np.zeros(SHAPE, np.uint8)
-            only[[1, 4]] = _disc(k)[[1, 4]]
-            _save(labels / "p1.nii.gz", only)
-    return images, labels
+    return write_cohort(tmp_path, _noisy_disc, lambda k: np.diag([1.0, 1.0, 3.0, 1.0]))
 
 
 def _config(**kw) -> RunConfig:

@@ -10,46 +10,18 @@ import numpy as np
 import pytest
 import tifffile
 
+from cohort_helpers import SHAPE, patient_affine, square_volume, write_cohort
 from napari_samatch.core.data.cohort import volume_shape
 from napari_samatch.core.data.cohort_state import CohortState, painted_slices
 from napari_samatch.core.errors import DataError, StorageError
 from napari_samatch.core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
 from napari_samatch.core.match.unet import UNet
 
-SHAPE = (6, 24, 20)  # (Z, Y, X)
-
-
-def _affine(k: int) -> np.ndarray:
-    return np.array([[0.9, 0, 0, -10.0 - k], [0, 1.1, 0, 5.0], [0, 0, 3.0, 7.0 * k], [0, 0, 0, 1]])
-
-
-def _volume(k: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(k)
-    image = rng.normal(0, 0.1, SHAPE).astype(np.float32)
-    labels = np.zeros(SHAPE, np.uint8)
-    labels[:, 6:16, 5:13] = 1
-    image[labels == 1] += 1.0
-    return image, labels
-
-
-def _save(path: Path, arr: np.ndarray, k: int) -> None:
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.T), _affine(k)), str(path))
-
 
 @pytest.fixture
 def cohort(tmp_path) -> tuple[Path, Path]:
     """p1 (a label file painting slices 1 and 4), p2 and p3 (no label file)."""
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    for k in (1, 2, 3):
-        image, lab = _volume(k)
-        _save(images / f"p{k}.nii.gz", image, k)
-        if k == 1:
-            only = np.zeros_like(lab)
-            only[[1, 4]] = lab[[1, 4]]
-            _save(labels / "p1.nii.gz", only, k)
-    return images, labels
+    return write_cohort(tmp_path, square_volume, patient_affine)
 
 
 def test_shapes_from_headers_and_labeled_counts(cohort, tmp_path):
@@ -108,7 +80,7 @@ def test_masks_of_every_volume_keep_the_source_geometry(cohort, tmp_path):
     assert [p.name for p in written] == ["p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
     for k, p in enumerate(written, start=1):
         img = nib.load(str(p))
-        assert img.shape == SHAPE[::-1] and np.allclose(img.affine, _affine(k))
+        assert img.shape == SHAPE[::-1] and np.allclose(img.affine, patient_affine(k))
     with pytest.raises(StorageError, match="already exists"):
         check_mask_folder(state.members, out, overwrite=False)
     assert check_mask_folder(state.members, out, overwrite=True) == targets
@@ -121,11 +93,11 @@ def test_paintings_on_a_cohort_read_eagerly(tmp_path):
     images = tmp_path / "tiffs"
     images.mkdir()
     for k in (1, 2):
-        tifffile.imwrite(images / f"t{k}.tif", _volume(k)[0])
+        tifffile.imwrite(images / f"t{k}.tif", square_volume(k)[0])
     state = CohortState.open(images)
     assert [r.shape for r in state.rows()] == [SHAPE, SHAPE]
     lab = state.load("t2").labels
-    lab[[0, 5]] = _volume(2)[1][[0, 5]]
+    lab[[0, 5]] = square_volume(2)[1][[0, 5]]
     assert state.keep("t2", lab)
     data = state.training_slices()
     assert not data.is_lazy and [data.ids[i] for i in data.labeled_indices()] == ["t2_slice_0", "t2_slice_5"]
