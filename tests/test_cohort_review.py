@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cohort_helpers import SHAPE, write_cohort
 from napari_samatch.core.config import RunConfig
@@ -15,8 +16,9 @@ from napari_samatch.core.data.cohort_state import CohortState
 from napari_samatch.core.data.session import SessionState, load_session, save_session
 from napari_samatch.core.engine.cohort_review import CohortReview, predict_with_confidence, review_cohort
 from napari_samatch.core.engine.engine import Engine
+from napari_samatch.core.engine.review import slice_confidence
 from napari_samatch.core.errors import DataError
-from napari_samatch.core.match.inference import predict_volume
+from napari_samatch.core.match.inference import class_map, predict_volume, volume_probs
 from napari_samatch.core.match.unet import UNet
 
 
@@ -54,6 +56,33 @@ def test_prediction_and_scores_of_a_volume():
     assert along_x.shape == image.shape and by_x.shape == (18,)
     flat, one = predict_with_confidence(torch_unet, image[0], 32)
     assert flat.shape == (20, 18) and one.shape == (1,)
+
+
+@pytest.mark.parametrize("source", ["phantom", "acdc"])
+def test_the_review_labels_are_the_masks_and_the_confidence_the_top_probability(source, request):
+    """``predict_with_confidence`` reduces channels first (``class_map_and_confidence``, the fast way for ``max``);
+    its labels equal ``class_map``'s (the masks "Predict all" writes: argmax over a channels-last copy) and its
+    scores those of the top probability taken over that copy, bit for bit: the layout is a matter of speed only."""
+    if source == "acdc":
+        from napari_samatch.core.data.io import read_ssl4mis_volumes
+
+        image = read_ssl4mis_volumes(request.getfixturevalue("acdc"), "val.list")[0].image  # (10, 256, 224)
+    else:
+        from napari_samatch.core.data.sample import make_cardiac_phantom
+
+        image = make_cardiac_phantom((6, 96, 80)).image
+    torch.manual_seed(0)
+    unet = UNet(1, 4)
+    labels, scores = predict_with_confidence(unet, image, 64, batch_size=4)
+    other_labels, other_scores = np.zeros(image.shape, np.uint8), np.zeros(len(image))
+    for start, probs in volume_probs(unet, image, 64, batch_size=4):
+        conf, lab = probs.permute(0, 2, 3, 1).contiguous().max(-1)  # channels last
+        assert torch.equal(lab, class_map(probs))
+        lab_np, conf_np = lab.numpy().astype(np.uint8), conf.float().numpy()
+        other_labels[start:start + len(lab_np)] = lab_np
+        other_scores[start:start + len(lab_np)] = slice_confidence(lab_np, conf_np)
+    assert np.array_equal(labels, other_labels) and np.array_equal(scores, other_scores)
+    assert len(np.unique(labels)) > 1  # the model answers more than one class: the comparison means something
 
 
 def test_one_list_across_the_cohort_least_confident_first(cohort):

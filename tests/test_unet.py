@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_samatch.core.errors import DataError
-from napari_samatch.core.match.inference import class_map
+from napari_samatch.core.match.inference import class_map, class_map_and_confidence
 from napari_samatch.core.match.losses import supervised_loss
 from napari_samatch.core.match.unet import UNet, count_parameters
 
@@ -102,3 +102,6 @@ def test_class_map_is_argmax_over_classes_ties_included(classes):
     assert torch.equal(class_map(scores), scores.argmax(1))
     probs = torch.softmax(torch.randn(2, classes, 8, 8, generator=g), 1)
     assert torch.equal(class_map(probs), probs.argmax(1))
+    for p in (scores, probs):  # with the confidence: class_map's labels, ties included, and the top value
+        labels, confidence = class_map_and_confidence(p)
+        assert torch.equal(labels, class_map(p)) and torch.equal(confidence, p.amax(1))

@@ -24,7 +24,7 @@ from ..data.cohort_state import CohortState
 from ..data.io import read_volume
 from ..data.volume import check_axis
 from ..device import autocast
-from ..match.inference import volume_probs
+from ..match.inference import class_map_and_confidence, volume_probs
 from ..match.unet import UNet
 from .review import slice_confidence
 
@@ -61,7 +61,7 @@ def predict_with_confidence(unet: UNet, image: np.ndarray, size: int, axis: int 
     labels = np.zeros(moved.shape, np.uint8)
     scores = np.zeros(len(moved), np.float64)
     for start, probs in volume_probs(unet, moved, size, device, batch_size, amp, lock):
-        conf, lab = probs.max(1)
+        lab, conf = class_map_and_confidence(probs)
         lab_np, conf_np = lab.cpu().numpy().astype(np.uint8), conf.float().cpu().numpy()
         labels[start:start + len(lab_np)] = lab_np
         scores[start:start + len(lab_np)] = slice_confidence(lab_np, conf_np)
