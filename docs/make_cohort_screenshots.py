@@ -5,7 +5,10 @@
 Four phantom volumes (different seeds, so different hearts) are written as NIfTI into a temporary folder, one
 of them with a label file holding two painted slices, as a researcher's folder of scans would be. The script
 opens the folder, shows a volume without labels, paints one slice of it (copied from the phantom's truth, as
-if painted by hand) and shows the table's updated counts. No training: the Train dock is the single volume's.
+if painted by hand) and shows the table's updated counts. Then a short supervised run in the Train dock (a few
+seconds on a CPU: the picture needs the list, not a good model) ends with the cross-cohort review list; the
+script clicks its first row, the least confident slice, and shows that volume at that slice with the model's
+prediction layer (``12-cohort-review.png``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def pump(app, seconds: float = 0.5) -> None:
     while time.perf_counter() < end:
         app.processEvents()
         time.sleep(0.01)
+
+
+def wait_until(app, ready, what: str, timeout: float = 600) -> None:
+    end = time.perf_counter() + timeout
+    while not ready():
+        if time.perf_counter() > end:
+            raise TimeoutError(f"{what} did not happen in {timeout:.0f} s")
+        app.processEvents()
+        time.sleep(0.02)
 
 
 def write_cohort(root: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
@@ -67,6 +79,9 @@ def main() -> None:
     assert cohort.open_cohort(images, labels)
     assert cohort.show_member("patient002")
     ctl = cohort.ctl
+    # the volume is read in a worker thread: wait until it is shown with its labels layer
+    wait_until(app, lambda: cohort.loading is None and ctl.cohort_shown == "patient002"
+               and ctl.labels_layer is not None, "showing patient002")
     pump(app, 1.0)
     viewer.screenshot(str(OUT / "10-cohort-open.png"), canvas_only=False, flash=False)
     print("wrote", OUT / "10-cohort-open.png")
@@ -79,6 +94,25 @@ def main() -> None:
     pump(app, 2.0)
     viewer.screenshot(str(OUT / "11-cohort-painted.png"), canvas_only=False, flash=False)
     print("wrote", OUT / "11-cohort-painted.png")
+
+    # a short run on the cohort (Start in the Train dock); its end fills the cross-cohort review list
+    train_dock, train = viewer.window.add_plugin_dock_widget("napari-samatch", "Train", tabify=True)
+    train.set_config(preset="quick", method="supervised", warmup_method="supervised", warmup_iters=60,
+                     sam_iters=0, joint_iters=0, size=64, batch_labeled=3, batch_unlabeled=2, eval_every=0,
+                     checkpoint_every=0, val_slices=0, device="cpu")
+    assert train.start(fresh=True)
+    panel = cohort.review
+    wait_until(app, lambda: ctl.job is None and ctl.state == "idle", "the run")
+    wait_until(app, lambda: panel.worker is None and panel.table.rowCount() > 0, "the review list")
+    # click the least confident slice: its volume is shown there with the model's prediction
+    row = panel.shown_rows[0]
+    panel.table.selectRow(0)
+    wait_until(app, lambda: cohort.loading is None and cohort.prediction_layer() is not None
+               and ctl.cohort_shown == row.member, "showing the slice")
+    dock.raise_()
+    pump(app, 2.0)
+    viewer.screenshot(str(OUT / "12-cohort-review.png"), canvas_only=False, flash=False)
+    print("wrote", OUT / "12-cohort-review.png", f"({row.member}, slice {row.index}, confidence {row.confidence:.2f})")
     viewer.close()
 
 
