@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from napari_samatch.core.prior.interpolation import interpolate_labels, nearest_labels
-from napari_samatch.core.prior.prior import fuse_prior, slice_prior
+from napari_samatch.core.prior.prior import fuse_prior, gate_to_prior, slice_prior
 
 
 def disk(shape, centre, radius):
@@ -114,3 +114,45 @@ def test_review_score_ranks_a_disputed_slice_below_an_agreed_one():
     score = review_score(answer, conf, match, prior=answer)
     assert score[1] < score[0] == score[2]
     assert np.allclose(review_score(answer, conf, answer, prior=None), (0.9 + 1.0) / 2)
+
+
+def test_gate_drops_look_alikes_away_from_the_prior_and_keeps_what_touches_it():
+    prior = np.zeros((1, 64, 64), np.uint8)
+    prior[0, 20:30, 20:30] = 1
+    answer = np.zeros_like(prior)
+    answer[0, 24:36, 24:36] = 1   # overlaps the prior: kept whole, also where it grew beyond it
+    answer[0, 50:58, 50:58] = 1   # a look-alike far away: dropped
+    answer[0, 2:6, 2:6] = 2       # a class the prior does not show on this slice: left alone
+    out = gate_to_prior(answer, prior, margin=3)
+    assert (out[0, 24:36, 24:36] == 1).all() and not out[0, 50:58, 50:58].any()
+    assert (out[0, 2:6, 2:6] == 2).all()
+    assert answer[0, 50, 50] == 1  # the input is not edited
+
+
+def test_gate_leaves_a_class_the_prior_shows_as_several_objects():
+    prior = np.zeros((1, 64, 64), np.uint8)
+    prior[0, 5:10, 5:10] = 1
+    prior[0, 40:45, 5:10] = 1     # two lesions painted: a third one elsewhere may be real
+    answer = prior.copy()
+    answer[0, 50:58, 50:58] = 1
+    assert np.array_equal(gate_to_prior(answer, prior, margin=3), answer)
+
+
+def test_a_volume_with_one_painted_slice_is_answered_by_its_copied_shape():
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.data.sample import make_cardiac_phantom
+    from napari_samatch.core.data.slices import SliceSet
+    from napari_samatch.core.engine.engine import Engine
+    from napari_samatch.core.engine.review import one_slice_volumes
+
+    vol = make_cardiac_phantom(shape=(8, 64, 64))
+    config = preset("quick", size=64, method="supervised", warmup_method="supervised", warmup_iters=0, sam_iters=0,
+                    joint_iters=0, eval_every=0, checkpoint_every=0, device="cpu", threads=1, num_classes=4)
+    engine = Engine(SliceSet.from_volume(vol, labeled=[4], num_classes=4), config)
+    assert one_slice_volumes(engine) == {vol.name}
+    out = engine.preview(list(range(8)))
+    assert np.array_equal(out["refined"], engine.prior[0].numpy())  # without SAM: the copy itself
+    assert out["raw"].shape == (8, 64, 64)  # the Match model's own answer is still shown
+    assert one_slice_volumes(Engine(SliceSet.from_volume(vol, labeled=[2, 5], num_classes=4), config)) == set()
+    assert one_slice_volumes(Engine(SliceSet.from_volume(vol, labeled=[4], num_classes=4),
+                                    config.replace(one_slice_prior=False))) == set()

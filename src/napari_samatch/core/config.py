@@ -63,6 +63,10 @@ class RunConfig:
     # pseudo-labels: (1 - w) Match + w prior, with w = prior_weight x the prior's confidence, which fades
     # with the distance to the nearest painted slice. 0 = the paper (the Match model's prediction alone).
     prior_weight: float = 1.0
+    # A volume with a single painted slice is answered by SAM prompted from that slice's shape copied to
+    # the others, not by the Match model: one example says nothing of how the shapes change from slice to
+    # slice (measured on ACDC val, docs/benchmarks.md; core/engine/review.py). The Match model still trains.
+    one_slice_prior: bool = True
     # 0 = prompts from the Match model's argmax, as the paper. A higher threshold starves an early,
     # unconfident model of prompts (measured on the phantom: 0.7 left RV and LV without any box).
     prompt_thresh: float = 0.0

@@ -1,20 +1,24 @@
 """What the Review dock shows for a slice, and what Export writes: the completed labels.
 
 The Match model's probabilities are fused with the painted slices' prior (core/prior), SAM refines the
-classes it earned (Refiner.calibrate) from boxes on that fusion, and every slice gets a score that ranks it
-for review. The engine delegates here; nothing here trains.
+classes it earned (Refiner.calibrate) from boxes on that fusion, pieces far from the prior are dropped
+(``gate_to_prior``), and every slice gets a score that ranks it for review. A volume with a single painted
+slice is answered by SAM from that slice's shape instead (``one_slice_volumes``). The engine delegates here;
+nothing here trains.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..prior.prior import fuse_prior
+from ..prior.prior import fuse_prior, gate_to_prior
 
 __all__ = ["slice_confidence", "slice_agreement", "review_score", "completed_probs", "prior_preview", "preview",
+           "one_slice_volumes",
            "refine_with_prompts"]
 
 
@@ -73,25 +77,58 @@ def prior_preview(engine: Any, indices: Sequence[int]) -> dict[str, Any] | None:
             "slice_confidence": slice_confidence(labels, conf).tolist()}
 
 
+def _answer(engine: Any, indices: list[int], probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """SAM-refined labels, their confidence and the prompts from class probabilities (no SAM: the argmax)."""
+    if not engine.uses_sam():
+        return probs.argmax(1), probs.max(1).values, None
+    if engine.refiner.trusted is None:
+        engine.calibrate_sam()
+    with engine.lock, torch.no_grad():
+        engine.sam.eval()
+        refined = engine.refiner.refine(probs, indices, engine.images[indices])
+    return refined.labels, refined.confidence, refined.prompts
+
+
+def one_slice_volumes(engine: Any) -> set[str]:
+    """The volumes (``SliceSet.groups``) with exactly one painted slice, when ``config.one_slice_prior``."""
+    if engine.prior is None or not engine.config.one_slice_prior:
+        return set()
+    painted = (engine.labels >= 0).flatten(1).all(1).tolist()
+    count = Counter(g for g, p in zip(engine.data.groups, painted) if p)
+    return {g for g, n in count.items() if n == 1}
+
+
+def _follow_prior(engine: Any, indices: list[int], labels: np.ndarray, conf: np.ndarray, volumes: set[str]) -> None:
+    """Replace, in place, the answer of the slices of ``volumes`` by the prior's, SAM-refined where SAM is
+    trusted: what LiteMedSAM gives from the painted shape's boxes."""
+    rows = [r for r, i in enumerate(indices) if engine.data.groups[i] in volumes]
+    if not rows:
+        return
+    sub = [indices[r] for r in rows]
+    prior = engine.prior_of(sub)[0]
+    onehot = torch.nn.functional.one_hot(prior.clamp(min=0), engine.config.num_classes).permute(0, 3, 1, 2).float()
+    fb, fb_conf, _ = _answer(engine, sub, onehot)
+    labels[rows] = fb.cpu().numpy().astype(np.uint8)
+    conf[rows] = fb_conf.cpu().numpy().astype(np.float32)
+
+
 def preview(engine: Any, indices: Sequence[int]) -> dict[str, Any]:
     """Prompts, the raw Match labels, the completed labels (``refined``: the prior fused in, then
-    SAM-refined) and their confidence for some slices (numpy); ``slice_confidence`` ranks them."""
+    SAM-refined, then gated; for a volume with one painted slice, the prior's, SAM-refined) and their
+    confidence for some slices (numpy); ``slice_confidence`` ranks them."""
     indices = list(indices)
     raw = engine.predict(indices)
     probs = _fused(engine, raw, indices)
     out: dict[str, Any] = {"indices": indices, "raw": raw.argmax(1).cpu().numpy().astype(np.uint8)}
-    labels, conf = probs.argmax(1), probs.max(1).values
-    if engine.uses_sam():
-        if engine.refiner.trusted is None:
-            engine.calibrate_sam()
-        with engine.lock, torch.no_grad():
-            engine.sam.eval()
-            refined = engine.refiner.refine(probs, indices, engine.images[indices])
-        out["prompts"] = refined.prompts.to_numpy_dict()
-        labels, conf = refined.labels, refined.confidence
+    labels, conf, prompts = _answer(engine, indices, probs)
+    if prompts is not None:
+        out["prompts"] = prompts.to_numpy_dict()
     labels, conf = labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy().astype(np.float32)
     prior = engine.prior_of(indices)
     prior = None if prior is None else prior[0].cpu().numpy()
+    if prior is not None:
+        labels = gate_to_prior(labels, prior)
+        _follow_prior(engine, indices, labels, conf, one_slice_volumes(engine))
     out.update(refined=labels, confidence=conf,
                slice_confidence=review_score(labels, conf, out["raw"], prior).tolist())
     return out

@@ -7,6 +7,10 @@ every volume in the training set (slices of a volume are grouped by ``SliceSet.g
 early in training (a weak Match model) the boxes come from the interpolation, and later, far from the
 painted slices (where the prior's confidence is low), from the Match model. Volumes without a painted
 slice (an unlabeled volume of a cohort) get confidence 0: the prior is silent there.
+
+The prior also says *where* a structure can be: ``gate_to_prior`` drops the parts of an answer that lie
+away from it (a Match model trained on a few slices finds look-alikes far from the heart on the slices
+farthest from the painted ones).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from .interpolation import interpolate_labels
 
-__all__ = ["slice_prior", "fuse_prior"]
+__all__ = ["slice_prior", "fuse_prior", "gate_to_prior"]
 
 
 def slice_prior(labels: torch.Tensor, groups: Sequence[str], positions: Sequence[int],
@@ -54,3 +59,25 @@ def fuse_prior(probs: torch.Tensor, prior_labels: torch.Tensor, prior_conf: torc
     w = (weight * prior_conf).clamp(0, 1).to(probs.dtype)[:, None]
     onehot = F.one_hot(prior_labels.clamp(min=0), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
     return (1 - w) * probs + w * onehot
+
+
+def gate_to_prior(labels: np.ndarray, prior: np.ndarray, margin: int = 8) -> np.ndarray:
+    """``labels`` (N,H,W) without the pieces of a class that lie away from the prior's (N,H,W) region of that
+    class, grown by ``margin`` pixels: each 8-connected piece touching that region is kept, the others become
+    background. Gated only where the prior shows the class as one object on that slice: with several (say
+    lesions) a new one elsewhere may be real, and with none the prior has nothing to say. Measured on ACDC
+    val volumes (docs/benchmarks.md): it removes look-alikes far from the painted structures."""
+    out = np.array(labels, copy=True)
+    eight = np.ones((3, 3), bool)
+    for z in range(len(out)):
+        for c in np.unique(out[z]):
+            if c == 0:
+                continue
+            region, pieces = ndimage.label(prior[z] == c, structure=eight)
+            if pieces != 1:
+                continue
+            near = ndimage.binary_dilation(region > 0, structure=eight, iterations=margin)
+            comp, n = ndimage.label(out[z] == c, structure=eight)
+            touching = np.unique(comp[near & (comp > 0)])
+            out[z][(comp > 0) & ~np.isin(comp, touching)] = 0
+    return out
