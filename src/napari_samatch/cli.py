@@ -135,12 +135,12 @@ def _train(args: argparse.Namespace, main: bool) -> int:
 
         if args.images:
             members = list_cohort(args.images, args.labels)
-            if main:
-                print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file",
-                      file=sys.stderr)
         else:
             members = [datasets.painted_volume(args.image, args.labels)]
         data, val = training_data(members, axis=args.axis or 0), None
+        if main and args.images:  # after the data: a refusal stays the one line on stderr
+            print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file",
+                  file=sys.stderr)
     # the user's num_classes / class_names are honoured or refused against what the labels hold, never replaced
     data, found = datasets.with_classes(data, config.num_classes if classes else None,
                                         config.class_names if "class_names" in classes else None)
