@@ -1,5 +1,5 @@
 """Validation slices held out of training: one rule for a volume and a cohort (``core/data/holdout.py``), the
-command line's ``--val-slices`` and the Cohort dock's (through ``_slicing.cohort_engine``, headless here)."""
+command line's ``--val-slices`` and the docks' (through ``core/engine/rounds.start_round``, headless here)."""
 
 from __future__ import annotations
 
@@ -28,18 +28,20 @@ def _cohort(images, labels):
         return cohort_slices(list_cohort(images, labels))
 
 
-def test_a_cohort_split_moves_indices_only(nifti_cohort):  # noqa: F811
+def test_a_cohort_split_moves_references_only(nifti_cohort):  # noqa: F811
     data = _cohort(*nifti_cohort)  # labeled: p1 slices 1 and 4, p2 slice 2
     train, val = split_validation(data, 1)
-    assert train.is_lazy and val.is_lazy  # nothing read
+    assert train.is_lazy and val.is_lazy and getattr(train.labels, "lazy", False)  # nothing read
     assert val.ids == ["p1_slice_4"] and val.labeled_indices() == [0]
-    assert len(train) == len(data) - 1 and "p1_slice_4" not in train.ids
+    # the held-out slice keeps its place, unlabeled, its label hidden (scored as a pseudo-label, never trained on)
+    assert train.ids == data.ids and train.ids[4] == "p1_slice_4"
     assert [train.ids[i] for i in train.labeled_indices()] == ["p1_slice_1", "p2_slice_2"]
+    assert train.hidden_indices() == [4] and train.hidden.refs[4] is data.labels.refs[4]
+    assert [data.ids[i] for i in data.labeled_indices()] == ["p1_slice_1", "p1_slice_4", "p2_slice_2"]  # untouched
     assert split_validation(data, 0) == (data, None)
 
 
 def test_the_cohort_dock_engine_validates_on_held_out_slices(nifti_cohort):  # noqa: F811
-    from napari_samatch._widgets._slicing import cohort_engine
     from napari_samatch.core.config import preset
     from napari_samatch.core.data.cohort_state import CohortState
 
@@ -49,11 +51,13 @@ def test_the_cohort_dock_engine_validates_on_held_out_slices(nifti_cohort):  # n
         cohort = CohortState.open(images, labels)
     config = preset("quick", method="supervised", warmup_iters=0, sam_iters=0, joint_iters=2, size=32,
                     device="cpu", threads=1, eval_every=1)
-    engine = cohort_engine(cohort, {}, [], config, val_slices=1)
+    from napari_samatch.core.engine.rounds import start_round
+
+    engine = start_round(cohort.members, cohort.axis, [], config, val_slices=1)
     assert engine.validator is not None and engine.validator.val.ids == ["p1_slice_4"]
     engine.run()
     assert engine.history and "val_mean_dice" in engine.history[-1]
-    assert cohort_engine(cohort, {}, [], config, engine=engine).validator is None  # 0: none in the next round
+    assert start_round(cohort.members, cohort.axis, [], config, engine=engine).validator is None  # 0: none next
 
 
 def test_cli_val_slices_validates_and_keeps_the_best(nifti_cohort, tmp_path, capsys):  # noqa: F811
@@ -61,7 +65,7 @@ def test_cli_val_slices_validates_and_keeps_the_best(nifti_cohort, tmp_path, cap
     run = tmp_path / "run"
     assert main(["train", "--images", str(images), "--labels", str(labels), "--val-slices", "1", "--out", str(run),
                  *QUICK]) == 0
-    assert "2 labeled and 15 unlabeled slices" in capsys.readouterr().err
+    assert "2 labeled and 16 unlabeled slices" in capsys.readouterr().err  # the held-out one among them
     history = json.loads((run / "metrics.json").read_text())["history"]
     assert history and all("val_mean_dice" in h for h in history)
 

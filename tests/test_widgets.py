@@ -50,12 +50,13 @@ def inject_engine(qtbot, ctl, tiny_sam):
     """An untrained engine on the current data, then previews of every slice (no training: fast)."""
     from napari_samatch.core.config import preset
     from napari_samatch.core.engine.engine import Engine
+    from napari_samatch.core.engine.rounds import training_data
 
     s = tiny_settings(tiny_sam)
     cfg = preset("quick", size=64, sam_backend="sam", sam_checkpoint=s["sam_checkpoint"], device="cpu",
                  warmup_iters=0, sam_iters=1, joint_iters=0, prompt_thresh=0.3)
     names = ctl.effective_class_names()
-    data, _ = ctl.build_slices(ctl.volume(), ctl.labeled_slices(), [])
+    data = training_data([ctl.volume()], ctl.axis, names)
     ctl.engine = Engine(data, cfg.replace(num_classes=len(names), class_names=names))
     assert ctl.update_previews()
     wait_idle(qtbot, ctl)

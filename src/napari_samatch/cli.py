@@ -129,17 +129,18 @@ def _train(args: argparse.Namespace, main: bool) -> int:
     elif args.folder:
         data, _ = datasets.image_folder(args.folder, labeled=args.labeled)
         val = None
-    elif args.images:  # a cohort: volumes matched to label files by name (core/data/cohort.py)
-        from .core.data.cohort import cohort_slices, list_cohort
+    else:  # a cohort (volumes matched to label files by name), or one volume: a cohort of one, built alike
+        from .core.data.cohort import list_cohort
+        from .core.engine.rounds import training_data
 
-        members = list_cohort(args.images, args.labels)
-        data, val = cohort_slices(members, axis=args.axis or 0), None
-        if main:
+        if args.images:
+            members = list_cohort(args.images, args.labels)
+        else:
+            members = [datasets.painted_volume(args.image, args.labels)]
+        data, val = training_data(members, axis=args.axis or 0), None
+        if main and args.images:  # after the data: a refusal stays the one line on stderr
             print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file",
                   file=sys.stderr)
-    else:
-        data, _ = datasets.volume_with_labels(args.image, args.labels, axis=args.axis or 0)
-        val = None
     # the user's num_classes / class_names are honoured or refused against what the labels hold, never replaced
     data, found = datasets.with_classes(data, config.num_classes if classes else None,
                                         config.class_names if "class_names" in classes else None)

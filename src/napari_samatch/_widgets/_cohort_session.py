@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from napari.utils.notifications import show_info
 
-from ..core.data.cohort import cohort_slices
 from ..core.data.cohort_state import CohortState
 from ..core.data.session import SessionState
 from ..core.errors import DataError
-from ._runner import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +56,3 @@ def open_cohort_session(manager: Any, folder: str | Path, state: SessionState) -
     show_info(f"Cohort session reopened from {folder}: {len(cohort.members)} volumes, "
               f"{len(cohort.paintings)} painted here.")
     return state
-
-
-def cohort_model_job(ctl: Any, path: Path, device: str, engine_from_file: Callable[..., Any]) -> TrainingJob:
-    """A job that builds the engine of a saved model on the cohort's slices (label files read in the worker)."""
-    cohort = ctl.cohort
-    ctl.keep_cohort_painting()
-    paintings, names = dict(cohort.paintings), list(ctl.class_names) or None
-
-    def make_engine():
-        return engine_from_file(path, cohort_slices(cohort.members, cohort.axis, names, paintings=paintings), device)
-
-    return TrainingJob(make_engine, 1, (1, 1), None, run=False, previews=False)

@@ -1,38 +1,33 @@
-"""The state the three docks share for one viewer: chosen layers, classes, the engine and its run.
+"""The state the docks share for one viewer: what the user chose (layers, axis, classes, labeled slices), the
+engine and its run.
 
-The docks are thin views of one :class:`Controller` per viewer (``get_controller``). It never computes on
-the main thread: training, previews, refinement and saving go to worker threads, and their results come
-back through Qt signals.
+The docks are thin views of one :class:`Controller` per viewer (``get_controller``). Starting and drawing runs
+is its other half, ``_runs.RunControl``. It never computes on the main thread: training, previews, refinement
+and saving go to worker threads, and their results come back through Qt signals.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils import progress
-from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.config import RunConfig
 from ..core.data.cohort_state import CohortState
-from ..core.data.holdout import held_out
-from ..core.data.slices import SliceSet, default_class_names
+from ..core.data.slices import default_class_names
 from ..core.data.volume import Volume
-from ..core.engine import events as ev
-from ..core.errors import DataError, SamatchError
+from ..core.errors import DataError
 from ._layers import slice_shape
-from ._notify import notify_error
 from ._registry import CONTROLLERS
 from ._runner import TrainingJob
+from ._runs import RunControl
 from ._shutdown import finish_on_quit, finish_workers
-from ._slicing import build_slices, cohort_engine, volume_from_layers
+from ._slicing import volume_from_layers
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +50,8 @@ def get_controller(viewer: Any) -> "Controller":
     return ctl
 
 
-class Controller(QObject):
-    """Shared state; see the module docstring. Signals are emitted on the main thread only."""
+class Controller(QObject, RunControl):
+    """Shared state; see the module docstring. Signals are emitted on the main thread only; runs: ``_runs.py``."""
 
     layers_changed = Signal()        # layers were added, removed or renamed
     selection_changed = Signal()     # image / labels layer, axis or class names changed
@@ -79,7 +74,6 @@ class Controller(QObject):
         self.job: TrainingJob | None = None
         self.state = "idle"
         self.val_slices = 0
-        self.last_config: RunConfig | None = None
         self.cohort: CohortState | None = None  # while a cohort is open (Cohort dock), Start trains on all of it
         self.cohort_shown: str | None = None    # the member whose layers are shown
         self._labeled: list[int] = []
@@ -257,187 +251,6 @@ class Controller(QObject):
     def volume(self) -> Volume:
         """A snapshot of the chosen image and labels (labels copied, so painting may go on)."""
         return volume_from_layers(self.image_layer, self.labels_layer, self.effective_class_names())
-
-    def held_out(self, labeled: list[int]) -> list[int]:
-        return held_out(labeled, self.val_slices)
-
-    def build_slices(self, vol: Volume, labeled: list[int], held: list[int]) -> tuple[SliceSet, SliceSet | None]:
-        return build_slices(vol, self.axis, labeled, held, self.effective_class_names())
-
-    # ------------------------------------------------------------------ training
-    def start(self, config: RunConfig, fresh: bool = True) -> bool:
-        """Start a run: fresh models, or the next round from the current ones. False when refused."""
-        if self.job is not None:
-            show_warning("A run is already going. Stop it first, or wait until it ends.")
-            return False
-        if self.cohort is not None:
-            return self._start_cohort(config, fresh)
-        try:
-            labeled = self.labeled_slices()
-            if not labeled:
-                self.refresh_labeled()
-                labeled = self.labeled_slices()
-            if not labeled:
-                raise DataError("No slice is labeled yet. Paint at least one slice of the labels layer "
-                                "(ideally a few well-spread ones), then press Start again.")
-            if not fresh and self.engine is None:
-                raise DataError("There is no model to continue yet. Press Start to train one, or load a model.")
-            vol = self.volume()
-            names = self.effective_class_names()
-            config = config.replace(num_classes=len(names), class_names=names, checkpoint_dir=None)
-            held = self.held_out(labeled)
-        except SamatchError as exc:
-            notify_error(str(exc))
-            return False
-        self.last_config = config
-        engine = None if fresh else self.engine
-        ckpt_dir = str(self.sessions.folder / "checkpoints")
-
-        def make_engine():  # worker thread
-            from ..core.engine.engine import Engine
-
-            data, val = self.build_slices(vol, labeled, held)
-            if engine is None:
-                return Engine(data, config, val=val)
-            engine.next_round(data, config, val)
-            return engine
-
-        self.sessions.autosave(force=True)
-        what = "Starting a new run" if fresh else "Next round from the current models"
-        self.message.emit(f"{what}: {len(labeled)} labeled slice(s) {labeled}"
-                          + (f", {held} held out for validation" if held else "") + ".")
-        self._launch(TrainingJob(make_engine, self.num_slices(), self.slice_hw(), ckpt_dir), config.total_iters)
-        return True
-
-    def keep_cohort_painting(self) -> None:
-        """Hand the shown cohort member's labels layer to the cohort state (kept in memory if painted)."""
-        ly = self.labels_layer
-        if self.cohort is not None and ly is not None and ly.metadata.get("cohort_member") == self.cohort_shown:
-            self.cohort.keep(self.cohort_shown, np.asarray(ly.data))
-
-    def _start_cohort(self, config: RunConfig, fresh: bool) -> bool:
-        """One model on every member of the open cohort; no previews (its slices are not the shown image's)."""
-        cohort = self.cohort
-        try:
-            if not fresh and self.engine is None:
-                raise DataError("There is no model to continue yet. Press Start to train one, or load a model.")
-            self.keep_cohort_painting()
-            paintings = dict(cohort.paintings)  # arrays are replaced, never edited, by keep(): a snapshot
-            cohort.check_labeled(paintings)
-        except SamatchError as exc:
-            notify_error(str(exc))
-            return False
-        self.last_config = config
-        engine, names, val_slices = (None if fresh else self.engine), list(self.class_names), self.val_slices
-
-        def make_engine():  # worker thread: label files are read here
-            return cohort_engine(cohort, paintings, names, config, engine, val_slices=val_slices)
-
-        self.sessions.autosave(force=True)
-        self.message.emit(f"Training one model on the cohort: {len(cohort.members)} volumes, "
-                          f"{len(paintings)} painted here" + (f"; up to {val_slices} labeled slice(s) held out "
-                                                              "for validation." if val_slices else "."))
-        self._launch(TrainingJob(make_engine, 1, (1, 1), str(self.sessions.folder / "checkpoints"), previews=False),
-                     config.total_iters, review=False)
-        return True
-
-    def current_engine(self) -> Any:
-        """The engine whose Match model answers now: the running job's (once built), else the last one."""
-        running = self.job.engine if self.job is not None else None
-        return running if running is not None else self.engine
-
-    def update_previews(self) -> bool:
-        """Recompute pseudo-labels, confidence and prompts of every slice with the current models."""
-        if self.engine is None:
-            show_warning("There is no model yet: train one (Start) or load one in the Train dock.")
-            return False
-        if self.job is not None:
-            show_warning("A run is going; its pseudo-labels appear as it trains.")
-            return False
-        if self.cohort is not None:  # the engine's slices are the cohort's, not the shown volume's
-            show_warning("Pseudo-labels are not shown for a cohort yet; use Predict all and export in the Cohort dock.")
-            return False
-        engine = self.engine
-        self._launch(TrainingJob(lambda: engine, self.num_slices(), self.slice_hw(), None, run=False), 0)
-        return True
-
-    def _launch(self, job: TrainingJob, total: int, review: bool = True) -> None:
-        # Create the review layers now, while the user expects a moment's wait: their first creation
-        # costs napari imports and widgets, which must not land in the middle of a run.
-        if review:
-            self.review.ensure_layers()
-        self.job = job
-        job.event.connect(self._on_job_event)
-        job.done.connect(self._on_job_done)
-        if total:
-            self._pbar = progress(total=total, desc="SAM-Match training")
-        self._set_state("running")
-        job.start()
-
-    def pause(self) -> None:
-        if self.job is not None and self.state == "running":
-            self.job.pause()
-            self._set_state("paused")
-
-    def resume(self) -> None:
-        if self.job is not None and self.state == "paused":
-            self.job.resume()
-            self._set_state("running")
-
-    def stop(self) -> None:
-        if self.job is not None and self.state in ("running", "paused"):
-            self.job.stop()
-            self._set_state("stopping")
-
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        self.run_state_changed.emit(state)
-
-    def _on_job_event(self, event: ev.Event) -> None:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            self._handle_event(event)
-        finally:
-            self.handler_ms.append((event.kind, (time.perf_counter() - t0) * 1e3, (time.thread_time() - c0) * 1e3))
-
-    def _handle_event(self, event: ev.Event) -> None:
-        if event.kind == ev.PSEUDO_LABELS:
-            self.review.apply_preview(event.data)
-        elif event.kind == ev.PROGRESS and self._pbar is not None:
-            delta = event.global_iteration - self._pbar.n
-            if delta > 0:
-                self._pbar.set_description(f"SAM-Match {event.stage}")
-                self._pbar.update(delta)
-        elif event.kind == ev.LOG and event.data.get("level") == "warning":
-            show_warning(event.message)  # e.g. a checkpoint not written (full disk): training goes on
-        if event.kind in (ev.CHECKPOINT, ev.STOPPED) and event.data.get("path"):
-            self.sessions.checkpoint_path = Path(event.data["path"])
-            self.sessions.mark_dirty("checkpoint")
-        self.engine_event.emit(event)
-
-    def _on_job_done(self, result: dict) -> None:
-        job, self.job = self.job, None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        if result.get("engine") is not None:
-            self.engine = result["engine"]
-            self.engine_changed.emit()
-        self._set_state("idle")
-        if result.get("error"):
-            notify_error(result["error"])
-            self.message.emit("Error: " + result["error"])
-        else:
-            summary = result.get("summary") or {}
-            if job is not None and job.do_run:
-                show_info("Training stopped; a checkpoint was saved." if summary.get("stopped") else "Training finished.")
-        self.sessions.mark_dirty("checkpoint")
-        self.sessions.autosave()
-
-    def stop_job(self) -> None:
-        """Ask a running job to end within one step (used when napari quits)."""
-        if self.job is not None:
-            self.job.stop()
 
 
 __all__ = ["Controller", "finish_workers", "get_controller", "unwrap"]

@@ -18,11 +18,12 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.checkpoint import load_checkpoint, sha256_bytes
+from ..core.checkpoint import sha256_bytes
 from ..core.data.session import SessionState, default_session_dir, load_session, save_session
 from ..core.data.volume import Volume
-from ..core.errors import CheckpointError, DataError, SamatchError
-from ._cohort_session import cohort_model_job, cohort_snapshot, open_cohort_session
+from ..core.engine.rounds import review_engine
+from ..core.errors import DataError, SamatchError
+from ._cohort_session import cohort_snapshot, open_cohort_session
 from ._layers import PromptTable
 from ._notify import notify_error
 from ._runner import failure_message
@@ -259,25 +260,17 @@ class SessionManager(QObject):
 
     # ------------------------------------------------------------------ models
     def load_model(self, path: str | Path, preview: bool = True, device: str | None = None) -> None:
-        """Build an engine from a training checkpoint or an exported model, in a worker."""
+        """Build an engine from a training checkpoint or an exported model on what the docks show (the
+        volume, or the open cohort with its paintings), in a worker."""
         ctl = self.ctl
         device = device or self.settings.get("device") or "auto"
-        if ctl.cohort is not None:
-            self.checkpoint_path = Path(path)
-            ctl._launch(cohort_model_job(ctl, Path(path), device, engine_from_file), 0, review=False)
-            return
-        vol = ctl.volume()
-        labeled = ctl.labeled_slices()
+        snap = ctl.training_members()  # a cohort's label files are read in the worker
 
         def make_engine():
-            data, _ = ctl.build_slices(vol, labeled, [])
-            return engine_from_file(Path(path), data, device)
+            return review_engine(Path(path), snap.members, snap.axis, snap.class_names, snap.paintings, device)
 
         self.checkpoint_path = Path(path)
-        from ._runner import TrainingJob
-
-        ctl._launch(TrainingJob(make_engine, ctl.num_slices(), ctl.slice_hw(), None, run=False,
-                                final_preview=preview), 0)
+        ctl.launch(ctl.job_for(make_engine, None, run=False, final_preview=preview), 0)
 
     # ------------------------------------------------------------------ export
     def final_mask(self) -> np.ndarray:
@@ -340,25 +333,3 @@ def force_write(folder, block: bool) -> bool:
 def ctl_shape(layer) -> tuple[int, ...]:
     shape = tuple(int(s) for s in layer.data.shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
-
-
-def engine_from_file(path: Path, data, device: str = "auto"):
-    """An engine from a training checkpoint (resumable) or an exported model (weights only)."""
-    from ..core.config import from_dict
-    from ..core.engine.engine import Engine
-
-    payload = load_checkpoint(path)
-    if "opt_unet" in payload:
-        return Engine.from_checkpoint(path, data, device=device)
-    config = from_dict({**payload["config"], "device": device})
-    engine = Engine(data, config)
-    try:
-        state = payload.get("unet_best") or payload["unet"]
-        engine.unet.load_state_dict(state)
-        if "sam" in payload:
-            engine.sam.load_state_dict(payload["sam"])
-    except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"The model in {path} does not fit these classes ({str(exc)[:160]}). "
-                              "Choose a model trained with the same class list.") from exc
-    engine.history, engine.best = list(payload.get("history", [])), dict(payload.get("best", engine.best))
-    return engine

@@ -91,9 +91,8 @@ def ssl4mis(root: str | Path, labeled: int = 68, val_list: str | None = "val.lis
     return train, val
 
 
-def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int = 0,
-                       class_names: Sequence[str] | None = None) -> tuple[SliceSet, Volume]:
-    """A user's volume with a few painted slices: painted slices are labeled, the others unlabeled."""
+def painted_volume(image: str | Path, labels: str | Path | None) -> Volume:
+    """A user's volume read with its label file (a few slices painted), checked before any slicing."""
     vol = read_volume(image)
     if labels is not None:
         vol.labels = read_label(labels, like=vol)
@@ -101,6 +100,13 @@ def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int =
         raise DataError(f"{image} has no labels. Give --labels with a mask file in which a few slices are painted.")
     check_class_values(vol.labels, f"The labels '{labels or image}'")
     check_not_constant([vol], str(image))
+    return vol
+
+
+def volume_with_labels(image: str | Path, labels: str | Path | None, axis: int = 0,
+                       class_names: Sequence[str] | None = None) -> tuple[SliceSet, Volume]:
+    """A user's volume with a few painted slices: painted slices are labeled, the others unlabeled."""
+    vol = painted_volume(image, labels)
     num_classes = len(class_names) if class_names else max(int(vol.labels.max()) + 1, 2)
     names = list(class_names) if class_names else ["background"] + [f"class {c}" for c in range(1, num_classes)]
     vol.validate(num_classes)
