@@ -13,8 +13,8 @@ all-background one included (fully annotated volumes, e.g. ACDC's labeled cases)
 'label' dataset is kept as ``hidden`` (never trained on): it is ground truth, not a user's painting.
 
 Order: volumes in natural name order, each volume's slices by position. The engine draws its batches by
-position in this list, so the same folder and seed train the same way (``benchmarks/_acdc_cohort.py`` names and
-stacks files so that this order is the SSL4MIS list's).
+position in this list, so with the same seed renamed files draw other slices (``benchmarks/_acdc_cohort.py``
+names and stacks files so that this order is the SSL4MIS list's, and trains as that list).
 
 Paintings: ``paintings`` maps a member's name to a label volume held in memory (the napari Cohort dock's
 painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled
