@@ -184,16 +184,20 @@ def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet
     args.out = out
     rows = []
     print(f"\nmean Dice on {args.split} ({len(eval_vols)} volumes), seed {args.seed}:")
-    print("".join(f"{name:>9s}" for name in ["method", *sets]) + "  equal (mean Dice; Dice per volume; selected weights)")
+    print("".join(f"{name:>9s}" for name in ["method", *sets])
+          + "  equal (mean Dice; Dice per volume; selected weights; validation curve)")
     pairs = [(a, b) for a, b in (("cohort", "ssl4mis"), ("cohort", "control")) if a in sets and b in sets]
     for k, method in enumerate(sched_methods(runs)):
         got = {name: runs[name]["runs"][k] for name in sets}
         dice = {name: r["scores"]["mean"]["dice"] for name, r in got.items()}
         # every volume's every metric, as written to results.json
         per_vol = {name: json.dumps(r["scores"]["per_volume"], default=str) for name, r in got.items()}
+        # the validation curve covers the steps after the selected point too (e.g. a joint stage that scored lower)
+        curve = {name: [(h["stage"], h["iteration"], h["val_mean_dice"])
+                        for h in r["history"] if "val_mean_dice" in h] for name, r in got.items()}
         equal = {f"{a}={b}": [dice[a] == dice[b], per_vol[a] == per_vol[b],
-                              same_weights(got[a]["model"], got[b]["model"])] for a, b in pairs}
-        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights": equal,
+                              same_weights(got[a]["model"], got[b]["model"]), curve[a] == curve[b]] for a, b in pairs}
+        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights_curve": equal,
                      "selected": {name: r["selected"] for name, r in got.items()},
                      "wall_s": {name: r["wall_s"] for name, r in got.items()}})
         print(f"{method:>9s}" + "".join(f"{d:9.4f}" for d in dice.values()) + "  "
