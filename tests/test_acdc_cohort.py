@@ -101,6 +101,13 @@ def test_listed_order_and_complete_labels_train_as_the_ssl4mis_path(shared_data,
     assert not (cmp["image_differs"] or cmp["label_differs"])
     assert cohort.ids[0] == id_map[ssl.ids[0]] == "001_patient099_frame02_slice_0"  # listed 2nd: rank 001
     # the same seed draws the same slices: the same weights, lazy cohort and stacked SSL4MIS arrays alike
+    a = {}
     for method in ("supervised", "unimatch"):
-        a, b = _train(ssl, method), _train(cohort, method)
-        assert all(torch.equal(a[k], b[k]) for k in a), method
+        a[method], b = _train(ssl, method), _train(cohort, method)
+        assert all(torch.equal(a[method][k], b[k]) for k in b), method
+    # either rule alone is not enough: the volume's own order, or painted labels only, draw other slices
+    for as_listed, complete in ((False, True), (True, False)):
+        (tmp_path / f"{as_listed}-{complete}").mkdir()
+        other = _both(root, tmp_path / f"{as_listed}-{complete}", as_listed=as_listed, complete=complete)[1]
+        b = _train(other, "supervised")
+        assert not all(torch.equal(a["supervised"][k], b[k]) for k in b), (as_listed, complete)
