@@ -39,12 +39,17 @@ Output (``--out``, default ``benchmarks/results/acdc-<profile>-<timestamp>/``): 
 ``--through-cohort`` (issue 17): the 140 training volumes are also written as NIfTI files into a temporary
 folder (``--cohort-tmp``; ``_acdc_cohort.py``: float32 images, uint8 label files for the volumes of the
 labeled cases only) and read back through the cohort path of ``napari-samatch train --images DIR --labels
-DIR`` (lazy slices); the same ``--limit-unlabeled`` slices are kept. The slices of both paths are compared
-one by one (values, split, order), then every method is trained three times on the same schedule and seed:
-``ssl4mis`` (the usual run), ``cohort`` (the cohort path's slices) and ``control`` (the SSL4MIS arrays in the
-cohort's order and with its split: equal to ``cohort`` iff the cohort path reads the same values and the
-engine's lazy and stacked paths agree). Results in ``<out>/{ssl4mis,cohort,control}/`` and
-``<out>/through_cohort.json``; the Dice of the three side by side at the end.
+DIR`` (lazy slices); the same ``--limit-unlabeled`` slices are kept. By default the cohort reproduces the
+SSL4MIS run: ``--cohort-order list`` names the files by their rank in the list and stacks each volume's slices
+in the list's order (the engine draws by position, so the order is the random stream), and ``--cohort-labels
+complete`` reads the label files as complete (``--labels-complete``: the labeled cases' all-background slice is
+labeled, as in SSL4MIS). ``--cohort-order volume`` (files named by volume, slices by number) and
+``--cohort-labels painted`` (painted slices only) give the cohort a user would write without this intent.
+The slices of both paths are compared one by one (values, split, order), then every method is trained on the
+same schedule and seed as ``ssl4mis`` (the usual run) and ``cohort`` (the cohort path's slices), and on
+request ``control`` (the SSL4MIS arrays in the cohort's order and with its split, stacked in memory: equal to
+``cohort`` iff the cohort path reads the same values and the engine's lazy and stacked paths agree). Results
+in ``<out>/{ssl4mis,cohort,control}/`` and ``<out>/through_cohort.json``; the Dice side by side at the end.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ import _protocol as proto
 from napari_samatch.core.data import datasets
 from napari_samatch.core.data.io import read_ssl4mis_volumes
 from napari_samatch.core.data.slices import ACDC_CLASS_NAMES, SliceSet
+from napari_samatch.core.errors import SamatchError
 
 CASES = {1: 32, 3: 68, 7: 136}  # labeled slices per number of labeled patients (SSL4MIS convention)
 
@@ -86,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also train on the training volumes written as NIfTI and read by the cohort path")
     ap.add_argument("--cohort-tmp", type=Path, default=None, help="parent of the temporary NIfTI cohort folder")
     ap.add_argument("--cohort-runs", nargs="+", choices=["ssl4mis", "cohort", "control"],
-                    default=["ssl4mis", "cohort", "control"], help="which of the three trainings to run")
+                    default=["ssl4mis", "cohort"], help="which of the three trainings to run")
+    ap.add_argument("--cohort-order", choices=["list", "volume"], default="list",
+                    help="cohort files in the list's order (default: the SSL4MIS run's draws) or named by volume, "
+                         "slices by number")
+    ap.add_argument("--cohort-labels", choices=["complete", "painted"], default="complete",
+                    help="label files read as complete (--labels-complete, default) or painted slices only")
     proto.add_protocol_flags(ap)
     args = ap.parse_args(argv)
     proto.check_settings(args, ACDC_CLASS_NAMES)
@@ -138,22 +149,28 @@ def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet
 
     out = args.out
     ids = [ln.strip() for ln in (root / "train_slices.list").read_text().splitlines() if ln.strip()]
-    id_map = ac.cohort_id_map(root)
+    as_listed, complete = args.cohort_order == "list", args.cohort_labels == "complete"
+    if complete and not ac.whole_volumes(root, set(ids[:labeled])):
+        raise SamatchError(f"The first {labeled} listed slices cut a volume, so complete label files cannot say "
+                           "this split; use --cohort-labels painted.")
+    id_map = ac.cohort_id_map(root, as_listed=as_listed)
     report: dict = {"title": title, "commit": proto.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
-                    "schedule": proto.schedule(args), "seed": args.seed}
+                    "schedule": proto.schedule(args), "seed": args.seed, "cohort_order": args.cohort_order,
+                    "cohort_labels": args.cohort_labels}
     with tempfile.TemporaryDirectory(prefix="samatch-acdc-cohort-", dir=args.cohort_tmp) as tmp:
         t0 = time.perf_counter()
-        images, labels = ac.write_cohort(root, Path(tmp), set(ids[:labeled]))
+        images, labels = ac.write_cohort(root, Path(tmp), set(ids[:labeled]), as_listed=as_listed)
         report["written"] = {"volumes": len(list(images.iterdir())), "label_files": len(list(labels.iterdir())),
                              "mib": round(ac.folder_mib(Path(tmp)), 1), "seconds": round(time.perf_counter() - t0, 1)}
-        cohort = ac.restrict(ac.cohort_data(images, labels), {id_map[sid] for sid in data.ids})
+        cohort = ac.restrict(ac.cohort_data(images, labels, labels_complete=complete),
+                             {id_map[sid] for sid in data.ids})
         cmp = ac.compare(data, cohort, id_map)
         report["slices"] = cmp
         print(f"cohort: {report['written']}\nslices (ssl4mis, cohort): {cmp['slices']}, labeled {cmp['labeled']}, "
               f"unlabeled {cmp['unlabeled']}; images differ: {len(cmp['image_differs'])}, labels differ: "
               f"{len(cmp['label_differs'])}, split differs: {cmp['split_differs']}; same order: {cmp['same_order']} "
               f"(labeled {cmp['same_labeled_order']}, unlabeled {cmp['same_unlabeled_order']})", flush=True)
-        control = ac.as_cohort(data, id_map, list(cohort.ids))
+        control = ac.as_cohort(data, id_map, list(cohort.ids), labels_complete=complete)
         sets = {k: v for k, v in {"ssl4mis": data, "cohort": cohort, "control": control}.items()
                 if k in args.cohort_runs}
         runs = {}
@@ -167,16 +184,20 @@ def through_cohort(args, root: Path, labeled: int, data: SliceSet, val: SliceSet
     args.out = out
     rows = []
     print(f"\nmean Dice on {args.split} ({len(eval_vols)} volumes), seed {args.seed}:")
-    print("".join(f"{name:>9s}" for name in ["method", *sets]) + "  equal (mean Dice; Dice per volume; selected weights)")
+    print("".join(f"{name:>9s}" for name in ["method", *sets])
+          + "  equal (mean Dice; Dice per volume; selected weights; validation curve)")
     pairs = [(a, b) for a, b in (("cohort", "ssl4mis"), ("cohort", "control")) if a in sets and b in sets]
     for k, method in enumerate(sched_methods(runs)):
         got = {name: runs[name]["runs"][k] for name in sets}
         dice = {name: r["scores"]["mean"]["dice"] for name, r in got.items()}
         # every volume's every metric, as written to results.json
         per_vol = {name: json.dumps(r["scores"]["per_volume"], default=str) for name, r in got.items()}
+        # the validation curve covers the steps after the selected point too (e.g. a joint stage that scored lower)
+        curve = {name: [(h["stage"], h["iteration"], h["val_mean_dice"])
+                        for h in r["history"] if "val_mean_dice" in h] for name, r in got.items()}
         equal = {f"{a}={b}": [dice[a] == dice[b], per_vol[a] == per_vol[b],
-                              same_weights(got[a]["model"], got[b]["model"])] for a, b in pairs}
-        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights": equal,
+                              same_weights(got[a]["model"], got[b]["model"]), curve[a] == curve[b]] for a, b in pairs}
+        rows.append({"method": method, "dice": dice, "equal_dice_pervolume_weights_curve": equal,
                      "selected": {name: r["selected"] for name, r in got.items()},
                      "wall_s": {name: r["wall_s"] for name, r in got.items()}})
         print(f"{method:>9s}" + "".join(f"{d:9.4f}" for d in dice.values()) + "  "

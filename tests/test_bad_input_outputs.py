@@ -78,7 +78,7 @@ INPUT_FLAGS = {"train": ["--ssl4mis", "--folder", "--image", "--images", "--labe
 OTHER_FLAGS = {"--out", "--overwrite", "--help", "--labeled", "--limit", "--lazy", "--no-lazy", "--axis", "--preset",
                "--method", "--warmup-iters", "--sam-iters", "--joint-iters", "--size", "--batch-labeled",
                "--batch-unlabeled", "--sam-mode", "--sam-backend", "--device", "--threads", "--seed", "--eval-every",
-               "--set", "--quiet", "--fast", "--val-slices", "-h"}
+               "--set", "--quiet", "--fast", "--val-slices", "--labels-complete", "-h"}
 
 
 def test_every_path_flag_of_every_command_is_covered():

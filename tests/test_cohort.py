@@ -148,3 +148,47 @@ def test_predict_never_writes_into_the_images_folder(nifti_cohort, tmp_path, cap
     err = cli_error(["predict", "--model", run / "model.pt", "--images", images, "--out", images], capsys)
     assert "is the input --images" in err and "nothing was written" in err
     assert sorted(p.name for p in images.iterdir()) == ["README.txt", "p1.nii.gz", "p2.nii.gz", "p3.nii.gz"]
+
+
+def test_complete_label_files_label_every_slice_of_their_volumes(nifti_cohort, tmp_path):
+    images, labels = nifti_cohort
+    (labels / "someone_else.nii.gz").unlink()
+    members = list_cohort(images, labels)
+    data = cohort_slices(members, labels_complete=True)  # lazy NIfTI: empty slices of p1 and p2 labeled too
+    assert data.is_lazy and len(data.labeled_indices()) == 12
+    assert {data.groups[i] for i in data.unlabeled_indices()} == {"p3"}  # no label file: unlabeled
+    assert not data.labels[0].any() and data.ids[0] == "p1_slice_0"  # a labeled slice that is all background
+    # a painting replaces its member's label file and counts its painted slices only, complete or not
+    painting = painted(volume(1)[1], [2])
+    data = cohort_slices(members, paintings={"p1": painting}, labels_complete=True)
+    assert [data.ids[i] for i in data.labeled_indices()] == ["p1_slice_2"] + [f"p2_slice_{z}" for z in range(6)]
+    # the eager path (TIFF) reads the flag the same way
+    tif_images, tif_labels = tmp_path / "ti", tmp_path / "tl"
+    tif_images.mkdir()
+    tif_labels.mkdir()
+    image, lab = volume(1)
+    tifffile.imwrite(tif_images / "a.tif", image)
+    tifffile.imwrite(tif_images / "b.tif", volume(2)[0])
+    tifffile.imwrite(tif_labels / "a_mask.tif", painted(lab, [3]))
+    tif = list_cohort(tif_images, tif_labels)
+    assert [tuple(cohort_slices(tif, labels_complete=c).labeled_indices()) for c in (False, True)] == [
+        (3,), tuple(range(6))]
+
+
+def test_cli_labels_complete(nifti_cohort, tmp_path, capsys):
+    images, labels = nifti_cohort
+    run = tmp_path / "run"
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--labels-complete", "--out", str(run),
+                 *TRAIN]) == 0
+    err = capsys.readouterr().err
+    assert "2 with a label file (complete: every slice labeled)" in err and "12 labeled and 6 unlabeled" in err
+    out = ["--out", tmp_path / "run2"]
+    refusals = {  # a user's mistake: exit status 2 and one sentence naming the fix
+        "no --labels folder was given; add --labels DIR or leave --labels-complete out": ["--images", images],
+        "--labels-complete applies only with --images, not with --image;": [
+            "--image", images / "p1.nii.gz", "--labels", labels / "p1.nii.gz"],
+        "--labels-complete applies only with --images, not with --ssl4mis;": ["--ssl4mis", tmp_path]}
+    for expected, source in refusals.items():
+        err = cli_error(["train", *source, "--labels-complete", *out, *TRAIN], capsys).strip()
+        assert expected in err and err.count(". ") == 0 and err.endswith("."), err
+    assert not (tmp_path / "run2").exists()

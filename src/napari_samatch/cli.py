@@ -87,10 +87,14 @@ def _check_train_flags(args: argparse.Namespace) -> None:
     for flag, used, needs in (("--labels", args.labels, ("--image", "--images")),
                               ("--axis", args.axis, ("--image", "--images")),
                               ("--val-slices", args.val_slices, ("--image", "--images")),
-                              ("--limit", args.limit, ("--ssl4mis",)), ("--lazy", args.lazy, ("--ssl4mis",))):
+                              ("--limit", args.limit, ("--ssl4mis",)), ("--lazy", args.lazy, ("--ssl4mis",)),
+                              ("--labels-complete", args.labels_complete or None, ("--images",))):
         if used is not None and sources[0] not in needs:
             alt = " or ".join(needs)
             raise SamatchError(f"{flag} applies only with {alt}, not with {sources[0]}; leave it out or use {alt}.")
+    if args.labels_complete and args.labels is None:
+        raise SamatchError("--labels-complete says the label files of --labels are complete, but no --labels folder "
+                           "was given; add --labels DIR or leave --labels-complete out.")
 
 
 def _train_outputs(args: argparse.Namespace, out: Path) -> None:
@@ -137,10 +141,10 @@ def _train(args: argparse.Namespace, main: bool) -> int:
             members = list_cohort(args.images, args.labels)
         else:
             members = [datasets.painted_volume(args.image, args.labels)]
-        data, val = training_data(members, axis=args.axis or 0), None
+        data, val = training_data(members, axis=args.axis or 0, labels_complete=args.labels_complete), None
         if main and args.images:  # after the data: a refusal stays the one line on stderr
-            print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file",
-                  file=sys.stderr)
+            print(f"{len(members)} volumes, {sum(m.labels is not None for m in members)} with a label file"
+                  + (" (complete: every slice labeled)" if args.labels_complete else ""), file=sys.stderr)
     # the user's num_classes / class_names are honoured or refused against what the labels hold, never replaced
     data, found = datasets.with_classes(data, config.num_classes if classes else None,
                                         config.class_names if "class_names" in classes else None)
@@ -298,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "sub-folder); those without a label file are unlabeled")
     t.add_argument("--labels", help="the label file for --image, or the folder of label files (named like the "
                                     "volumes) for --images; painted slices count as labeled")
+    t.add_argument("--labels-complete", dest="labels_complete", action="store_true",
+                   help="with --images: the label files are complete ground truth, so every slice of a volume with "
+                        "a label file is labeled, background-only slices included (default: painted slices only)")
     t.add_argument("--axis", type=int, help="slice axis of --image (default 0)")
     t.add_argument("--val-slices", dest="val_slices", type=int,
                    help="with --image or --images: hold N labeled slices out for validation (evenly spread; "

@@ -7,11 +7,18 @@ name without the extension (a DICOM series: its folder's name).
 Labels: the file in ``--labels DIR`` with the same name (``patient7.nii.gz`` for ``patient7/`` or
 ``patient7.tif``), or with one of the suffixes in ``LABEL_SUFFIXES`` (``patient7_label.nii.gz``). The painted
 slices of a label file (any non-zero voxel) are labeled; its other slices, and every slice of a volume without
-a label file, are unlabeled, as for a single volume (``SliceSet.from_volume``). An ``.h5`` file's own 'label'
-dataset is kept as ``hidden`` (never trained on): it is ground truth, not a user's painting.
+a label file, are unlabeled, as for a single volume (``SliceSet.from_volume``). With ``labels_complete`` the
+label files are declared complete ground truth: every slice of a volume with a label file is labeled, an
+all-background one included (fully annotated volumes, e.g. ACDC's labeled cases). An ``.h5`` file's own
+'label' dataset is kept as ``hidden`` (never trained on): it is ground truth, not a user's painting.
+
+Order: volumes in natural name order, each volume's slices by position. The engine draws its batches by
+position in this list, so with the same seed renamed files draw other slices (``benchmarks/_acdc_cohort.py``
+names and stacks files so that this order is the SSL4MIS list's, and trains as that list).
 
 Paintings: ``paintings`` maps a member's name to a label volume held in memory (the napari Cohort dock's
-painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled.
+painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled
+(a painting is never complete: ``labels_complete`` applies to label files only).
 
 Memory: when every image and label file is NIfTI the slices are read from disk when used
 (``lazy.nifti_slices``; use ``.nii`` rather than ``.nii.gz`` for large cohorts). Other formats are read
@@ -123,19 +130,22 @@ def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
 
 
 def cohort_slices(members: Sequence[Member], axis: int = 0, class_names: Sequence[str] | None = None,
-                  paintings: Mapping[str, np.ndarray] | None = None) -> SliceSet:
-    """Training slices of a cohort (see the module docstring); a ``DataError`` sentence when nothing is labeled."""
+                  paintings: Mapping[str, np.ndarray] | None = None, *, labels_complete: bool = False) -> SliceSet:
+    """Training slices of a cohort (see the module docstring); a ``DataError`` sentence when nothing is labeled.
+
+    ``labels_complete``: every slice of a volume with a label file is labeled (background-only ones too), not
+    only its painted slices; for fully annotated volumes. Paintings still count their painted slices only."""
     paintings = dict(paintings or {})
     if not any(m.labels is not None or m.name in paintings for m in members):
         raise DataError(f"None of the {len(members)} volumes has a label file, so no slice is labeled; give "
                         "--labels DIR with a file named like a volume in which a few slices are painted.")
     lazy = all(file_kind(m.image) == "nifti" and (m.labels is None or file_kind(m.labels) == "nifti")
                for m in members)
-    return (_lazy if lazy else _eager)(members, axis, class_names, paintings)
+    return (_lazy if lazy else _eager)(members, axis, class_names, paintings, labels_complete)
 
 
 def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | None,
-          paintings: dict[str, np.ndarray]) -> SliceSet:
+          paintings: dict[str, np.ndarray], complete: bool) -> SliceSet:
     from .lazy import nifti_image, nifti_slices
 
     for m in members:  # headers only: a label on another grid would land on the wrong voxels
@@ -147,7 +157,8 @@ def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | Non
                                 "(NIfTI affines differ); re-export the labels on the image's grid.")
     files = [None if m.name in paintings else m.labels for m in members]
     data = nifti_slices([m.image for m in members], files, axis=axis, class_names=class_names,
-                        num_classes=len(class_names) if class_names else None, check=not paintings)
+                        num_classes=len(class_names) if class_names else None, check=not paintings,
+                        complete=complete)
     if not paintings:
         return data
     for m in members:
@@ -174,7 +185,7 @@ def _with_classes(data: SliceSet, top: int, class_names: Sequence[str] | None) -
 
 
 def _eager(members: Sequence[Member], axis: int, class_names: Sequence[str] | None,
-           paintings: dict[str, np.ndarray]) -> SliceSet:
+           paintings: dict[str, np.ndarray], complete: bool) -> SliceSet:
     from .datasets import check_class_values  # datasets reads every source; imported here, not at the top
     images, labels, hidden, ids, groups, positions = [], [], [], [], [], []
     top = 0
@@ -191,7 +202,12 @@ def _eager(members: Sequence[Member], axis: int, class_names: Sequence[str] | No
         if labs is not None:
             check_class_values(vol.labels, f"The labels '{m.labels}'" if m.name not in paintings
                                else f"The labels painted on '{m.name}'")
-        painted = set(vol.labeled_slices(axis).tolist()) if labs is not None else set()
+        if labs is None:
+            painted: set[int] = set()
+        elif complete and m.name not in paintings:  # a complete label file: its empty slices are background
+            painted = set(range(len(labs)))
+        else:
+            painted = set(vol.labeled_slices(axis).tolist())
         for z in range(len(ims)):
             images.append(normalise_slice(ims[z]))
             lab = np.ascontiguousarray(labs[z]) if z in painted else None

@@ -287,7 +287,7 @@ def ssl4mis_volume_slices(root: str | os.PathLike, list_file: str = "val.list", 
 
 def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.PathLike | None] | None = None,
                  labeled_volumes: Iterable[int] | None = None, axis: int = 0, num_classes: int | None = None,
-                 class_names: Sequence[str] | None = None, check: bool = True) -> SliceSet:
+                 class_names: Sequence[str] | None = None, check: bool = True, complete: bool = False) -> SliceSet:
     """Slices of a cohort of NIfTI volumes, read one slice at a time.
 
     For a volume in ``labeled_volumes`` (default: every volume with a label file) the slices painted in
@@ -295,6 +295,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
     does for one volume; each such label file is read once here to find them (labels are small). The label
     files of the other volumes become ``hidden`` (never read for training). ``num_classes`` defaults to the
     largest class painted + 1. ``check=False`` leaves ``validate()`` to the caller (who adds labels first).
+    ``complete``: the label files are complete ground truth, so every slice of a labeled volume is labeled.
     """
     labels = list(labels) if labels is not None else [None] * len(images)
     if len(labels) != len(images):
@@ -332,7 +333,7 @@ def nifti_slices(images: Sequence[str | os.PathLike], labels: Sequence[str | os.
             if use:  # one read of the (small, integer) label volume to find the painted slices
                 whole = coerce_labels(read_raw(SliceRef(str(lp), "nifti")), f"labels in '{lp.name}'")
                 others = tuple(a for a in range(3) if a != ax)
-                painted = set(np.flatnonzero(whole.any(axis=others)).tolist())
+                painted = set(range(shape[ax]) if complete else np.flatnonzero(whole.any(axis=others)).tolist())
                 top = max(top, int(whole.max()) if whole.size else 0)
                 del whole
         name = Path(str(ip)[: -len(".gz")] if str(ip).endswith(".gz") else ip).stem

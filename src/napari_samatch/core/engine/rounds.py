@@ -26,12 +26,13 @@ TrainingMember = Union[Volume, Member]
 
 
 def training_data(members: Sequence[TrainingMember], axis: int = 0, class_names: Sequence[str] | None = None,
-                  paintings: Mapping[str, np.ndarray] | None = None) -> SliceSet:
+                  paintings: Mapping[str, np.ndarray] | None = None, labels_complete: bool = False) -> SliceSet:
     """Every slice of every member in order; painted slices are labeled, the rest unlabeled.
 
     ``class_names`` (background first) is extended with default names up to the largest class painted;
     ``paintings`` (member name -> label volume) apply to file members. Volumes in memory and files are not
     mixed in one call (a cohort's files may be read lazily; a volume in memory never is).
+    ``labels_complete``: every slice of a file member with a label file is labeled (``cohort_slices``).
     """
     volumes = [m for m in members if isinstance(m, Volume)]
     files = [m for m in members if not isinstance(m, Volume)]
@@ -40,7 +41,8 @@ def training_data(members: Sequence[TrainingMember], axis: int = 0, class_names:
     if volumes and files:
         raise DataError("Train either on volumes open in napari or on a cohort's files, not both at once.")
     if files:
-        return cohort_slices(files, axis, list(class_names or []) or None, paintings=paintings)
+        return cohort_slices(files, axis, list(class_names or []) or None, paintings=paintings,
+                             labels_complete=labels_complete)
     return _volume_slices(volumes, axis, class_names)
 
 
