@@ -3,7 +3,8 @@
 The Match model's probabilities are fused with the painted slices' prior (core/prior), SAM refines the
 classes it earned (Refiner.calibrate) from boxes on that fusion, pieces far from the prior are dropped
 (``gate_to_prior``), and every slice gets a score that ranks it for review. A volume with a single painted
-slice is answered by SAM from that slice's shape instead (``one_slice_volumes``). The engine delegates here;
+slice whose Match model disagrees with the copied shape next to it is answered by SAM from that shape
+instead (``one_slice_volumes``). The engine delegates here;
 nothing here trains.
 """
 
@@ -90,12 +91,27 @@ def _answer(engine: Any, indices: list[int], probs: torch.Tensor) -> tuple[torch
 
 
 def one_slice_volumes(engine: Any) -> set[str]:
-    """The volumes (``SliceSet.groups``) with exactly one painted slice, when ``config.one_slice_prior``."""
-    if engine.prior is None or not engine.config.one_slice_prior:
+    """The volumes (``SliceSet.groups``) with exactly one painted slice where the Match model's answer on the
+    slices next to it agrees with the copied shape (nearly right there) below ``config.one_slice_agreement``.
+    Measured at k = 1 (docs/benchmarks.md): where it agreed (0.70, 0.81) it beat SAM from the copied shape,
+    where it did not (0.17, 0.62, 0.63) it lost to it by 0.02-0.40."""
+    if engine.prior is None or engine.config.one_slice_agreement <= 0:
         return set()
     painted = (engine.labels >= 0).flatten(1).all(1).tolist()
-    count = Counter(g for g, p in zip(engine.data.groups, painted) if p)
-    return {g for g, n in count.items() if n == 1}
+    groups, positions = engine.data.groups, engine.data.positions
+    count = Counter(g for g, p in zip(groups, painted) if p)
+    where = {(g, p): i for i, (g, p) in enumerate(zip(groups, positions))}
+    out = set()
+    for i in range(len(painted)):
+        if painted[i] and count[groups[i]] == 1:
+            near = [j for d in (-1, 1) if (j := where.get((groups[i], positions[i] + d))) is not None]
+            if not near:
+                continue
+            match = engine.predict(near).argmax(1).cpu().numpy()
+            prior = engine.prior_of(near)[0].cpu().numpy()
+            if slice_agreement(match, prior).mean() < engine.config.one_slice_agreement:
+                out.add(groups[i])
+    return out
 
 
 def _follow_prior(engine: Any, indices: list[int], labels: np.ndarray, conf: np.ndarray, volumes: set[str]) -> None:
@@ -114,7 +130,7 @@ def _follow_prior(engine: Any, indices: list[int], labels: np.ndarray, conf: np.
 
 def preview(engine: Any, indices: Sequence[int]) -> dict[str, Any]:
     """Prompts, the raw Match labels, the completed labels (``refined``: the prior fused in, then
-    SAM-refined, then gated; for a volume with one painted slice, the prior's, SAM-refined) and their
+    SAM-refined, then gated; for ``one_slice_volumes``, the prior's, SAM-refined) and their
     confidence for some slices (numpy); ``slice_confidence`` ranks them."""
     indices = list(indices)
     raw = engine.predict(indices)
