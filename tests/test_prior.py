@@ -137,33 +137,3 @@ def test_gate_leaves_a_class_the_prior_shows_as_several_objects():
     answer[0, 50:58, 50:58] = 1
     assert np.array_equal(gate_to_prior(answer, prior, margin=3), answer)
 
-
-def test_one_painted_slice_the_match_model_did_not_learn_is_answered_by_its_copied_shape():
-    from napari_samatch.core.config import preset
-    from napari_samatch.core.data.sample import make_cardiac_phantom
-    from napari_samatch.core.data.slices import SliceSet
-    from napari_samatch.core.engine.engine import Engine
-    from napari_samatch.core.engine.review import one_slice_volumes
-
-    vol = make_cardiac_phantom(shape=(8, 64, 64))
-    config = preset("quick", size=64, method="supervised", warmup_method="supervised", warmup_iters=0, sam_iters=0,
-                    joint_iters=0, eval_every=0, checkpoint_every=0, device="cpu", threads=1, num_classes=4)
-    engine = Engine(SliceSet.from_volume(vol, labeled=[4], num_classes=4), config)
-
-    def sees(labels):  # a Match model sure of ``labels`` on every slice it is asked about
-        return lambda indices=None, images=None: torch.nn.functional.one_hot(
-            torch.as_tensor(labels[list(indices)]).long(), 4).permute(0, 3, 1, 2).float()
-
-    engine.predict = sees(np.zeros((8, 64, 64), np.uint8))  # background everywhere: it learnt nothing
-    assert one_slice_volumes(engine) == {vol.name}
-    out = engine.preview(list(range(8)))
-    assert np.array_equal(out["refined"], engine.prior[0].numpy())  # without SAM: the copy itself
-    assert not out["raw"].any()  # the Match model's own answer is still shown
-    engine.predict = sees(engine.prior[0].numpy())  # it reproduces the copied shape next to the painted slice
-    assert one_slice_volumes(engine) == set()
-    engine.config = config.replace(one_slice_agreement=0.0)
-    engine.predict = sees(np.zeros((8, 64, 64), np.uint8))
-    assert one_slice_volumes(engine) == set()
-    two = Engine(SliceSet.from_volume(vol, labeled=[2, 5], num_classes=4), config)
-    two.predict = engine.predict
-    assert one_slice_volumes(two) == set()  # two painted slices: the Match model answers

@@ -63,11 +63,6 @@ class RunConfig:
     # pseudo-labels: (1 - w) Match + w prior, with w = prior_weight x the prior's confidence, which fades
     # with the distance to the nearest painted slice. 0 = the paper (the Match model's prediction alone).
     prior_weight: float = 1.0
-    # A volume with a single painted slice whose Match model agrees with the copied shape on the slices next
-    # to it below this (mean slice Dice) is answered by SAM prompted from that shape instead: one example
-    # did not teach the Match model this volume (core/engine/review.py; chosen on 5 volumes with a thin
-    # margin, 0.63 vs 0.70: docs/benchmarks.md). The Match model still trains. 0 = never.
-    one_slice_agreement: float = 0.66
     # 0 = prompts from the Match model's argmax, as the paper. A higher threshold starves an early,
     # unconfident model of prompts (measured on the phantom: 0.7 left RV and LV without any box).
     prompt_thresh: float = 0.0
@@ -141,7 +136,6 @@ class RunConfig:
              "use a whole number >= 0 (0 = SAM only refines in the joint stage, it does not train)")
         need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
         need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
-        need(0 <= self.one_slice_agreement <= 1, "one_slice_agreement", "use a Dice in [0, 1] (0 = never)")
         need(0 <= self.prior_weight <= 1, "prior_weight", "use a weight in [0, 1] (0 = no interpolation prior)")
         need(self.sam_size == 0 or (64 <= self.sam_size <= 1024 and self.sam_size % 16 == 0), "sam_size",
              "use 0 (the training frame) or a multiple of 16 in 64..1024 (LiteMedSAM's input is 256)")

@@ -2,15 +2,12 @@
 
 The Match model's probabilities are fused with the painted slices' prior (core/prior), SAM refines the
 classes it earned (Refiner.calibrate) from boxes on that fusion, pieces far from the prior are dropped
-(``gate_to_prior``), and every slice gets a score that ranks it for review. A volume with a single painted
-slice whose Match model disagrees with the copied shape next to it is answered by SAM from that shape
-instead (``one_slice_volumes``). The engine delegates here;
+(``gate_to_prior``), and every slice gets a score that ranks it for review. The engine delegates here;
 nothing here trains.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +16,6 @@ import torch
 from ..prior.prior import fuse_prior, gate_to_prior
 
 __all__ = ["slice_confidence", "slice_agreement", "review_score", "completed_probs", "prior_preview", "preview",
-           "one_slice_volumes",
            "refine_with_prompts"]
 
 
@@ -90,47 +86,9 @@ def _answer(engine: Any, indices: list[int], probs: torch.Tensor) -> tuple[torch
     return refined.labels, refined.confidence, refined.prompts
 
 
-def one_slice_volumes(engine: Any) -> set[str]:
-    """The volumes (``SliceSet.groups``) with exactly one painted slice where the Match model's answer on the
-    slices next to it agrees with the copied shape (nearly right there) below ``config.one_slice_agreement``.
-    Measured at k = 1 (docs/benchmarks.md): where it agreed (0.70, 0.81) it beat SAM from the copied shape,
-    where it did not (0.17, 0.62, 0.63) it lost to it by 0.02-0.40."""
-    if engine.prior is None or engine.config.one_slice_agreement <= 0:
-        return set()
-    painted = (engine.labels >= 0).flatten(1).all(1).tolist()
-    groups, positions = engine.data.groups, engine.data.positions
-    count = Counter(g for g, p in zip(groups, painted) if p)
-    where = {(g, p): i for i, (g, p) in enumerate(zip(groups, positions))}
-    out = set()
-    for i in range(len(painted)):
-        if painted[i] and count[groups[i]] == 1:
-            near = [j for d in (-1, 1) if (j := where.get((groups[i], positions[i] + d))) is not None]
-            if not near:
-                continue
-            match = engine.predict(near).argmax(1).cpu().numpy()
-            prior = engine.prior_of(near)[0].cpu().numpy()
-            if slice_agreement(match, prior).mean() < engine.config.one_slice_agreement:
-                out.add(groups[i])
-    return out
-
-
-def _follow_prior(engine: Any, indices: list[int], labels: np.ndarray, conf: np.ndarray, volumes: set[str]) -> None:
-    """Replace, in place, the answer of the slices of ``volumes`` by the prior's, SAM-refined where SAM is
-    trusted: what LiteMedSAM gives from the painted shape's boxes."""
-    rows = [r for r, i in enumerate(indices) if engine.data.groups[i] in volumes]
-    if not rows:
-        return
-    sub = [indices[r] for r in rows]
-    prior = engine.prior_of(sub)[0]
-    onehot = torch.nn.functional.one_hot(prior.clamp(min=0), engine.config.num_classes).permute(0, 3, 1, 2).float()
-    fb, fb_conf, _ = _answer(engine, sub, onehot)
-    labels[rows] = fb.cpu().numpy().astype(np.uint8)
-    conf[rows] = fb_conf.cpu().numpy().astype(np.float32)
-
-
 def preview(engine: Any, indices: Sequence[int]) -> dict[str, Any]:
     """Prompts, the raw Match labels, the completed labels (``refined``: the prior fused in, then
-    SAM-refined, then gated; for ``one_slice_volumes``, the prior's, SAM-refined) and their
+    SAM-refined, then gated to the prior) and their
     confidence for some slices (numpy); ``slice_confidence`` ranks them."""
     indices = list(indices)
     raw = engine.predict(indices)
@@ -144,7 +102,6 @@ def preview(engine: Any, indices: Sequence[int]) -> dict[str, Any]:
     prior = None if prior is None else prior[0].cpu().numpy()
     if prior is not None:
         labels = gate_to_prior(labels, prior)
-        _follow_prior(engine, indices, labels, conf, one_slice_volumes(engine))
     out.update(refined=labels, confidence=conf,
                slice_confidence=review_score(labels, conf, out["raw"], prior).tolist())
     return out
