@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cohort_helpers import write_cohort
-from gui_helpers import TIMEOUT_MS, heartbeat, tiny_settings, wait_idle
+from gui_helpers import TIMEOUT_MS, MachineLoad, heartbeat, tiny_settings, wait_idle
 
 pytestmark = pytest.mark.gui
 SHAPE = (6, 48, 48)  # (Z, Y, X)
@@ -221,11 +221,10 @@ def test_review_across_the_cohort_accept_next_round_and_reopen(docks, cohort_dir
 def test_switching_volumes_while_the_cohort_trains_never_freezes(docks, cohort_dirs, qtbot, tiny_sam, record_property):
     """A heartbeat on the main thread while a cohort run trains and the shown volume changes every 200 ms: the
     largest stall stays under 100 ms. The volumes are read in a worker; the main thread only gives the cohort's
-    layers their new data, in three short steps. As in test_widgets.py, the bound is asserted where the machine is
-    quiet: an idle Qt timer (before and after the run) stalls under 50 ms, and the load average stays under the
-    number of cores (on 2026-12-03 an idle timer stalled 28 ms at load 9.8 on 2 cores, and the run's own stalls
-    were 0.5 s); elsewhere the numbers are recorded and a warning says the bound was not checked."""
-    import os
+    layers their new data, in four short steps a frame apart. As in test_widgets.py, the bound is asserted where the machine is
+    quiet (gui_helpers.MachineLoad: an idle Qt timer stalls under 50 ms before and after the run, the load average
+    stays under the number of cores, the hypervisor steals under 2 %); elsewhere the numbers are recorded and a
+    warning says the bound was not checked."""
     import time
 
     from qtpy.QtCore import QTimer
@@ -238,7 +237,7 @@ def test_switching_volumes_while_the_cohort_trains_never_freezes(docks, cohort_d
     end = time.perf_counter() + 2.0
     idle = heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)
     train.set_config(**tiny_settings(tiny_sam, warmup_iters=8, sam_iters=1, joint_iters=4))
-    loads = [os.getloadavg()[0]]
+    load = MachineLoad()
     dock.switch_ms.clear()  # the first show made the layers (once per viewer); switching replaces their data
     assert train.start()
     shown: list[str] = []
@@ -258,22 +257,22 @@ def test_switching_volumes_while_the_cohort_trains_never_freezes(docks, cohort_d
     finally:
         timer.stop()
     qtbot.waitUntil(lambda: dock.loading is None and ctl.cohort_shown is not None, timeout=60_000)
-    loads.append(os.getloadavg()[0])
     end = time.perf_counter() + 2.0
     idle += heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)[1:]
     stall, idle_stall, slowest = max(busy[1:]), max(idle[1:]), max(dock.switch_ms)
     median = sorted(dock.switch_ms)[len(dock.switch_ms) // 2]
+    quiet = load.quiet(idle_stall)
     record_property("cohort_switch_max_stall_ms", round(stall, 1))
     record_property("cohort_switch_slowest_step_ms", round(slowest, 1))
     print(f"\nheartbeat while switching: max stall {stall:.1f} ms ({len(busy)} ticks, {len(shown)} volumes shown), "
-          f"{idle_stall:.1f} ms idle, load {max(loads):.1f}; main-thread steps of a switch: median {median:.1f} ms, "
+          f"{idle_stall:.1f} ms idle, {load}; main-thread steps of a switch: median {median:.1f} ms, "
           f"slowest {slowest:.1f} ms")
     assert len(shown) >= 4 and set(shown) == {"p1", "p2", "p3"}  # switched back and forth during the run
     assert set(map(id, viewer.layers)) == layers  # the same layers, given each volume's data
     assert ctl.engine is not None and len(ctl.engine.data) == 18
-    if idle_stall < 50 and max(loads) < (os.cpu_count() or 1):
+    if quiet:
         assert stall < 100 and slowest < 100
     else:
-        warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms, load "
-                      f"{max(loads):.1f} on {os.cpu_count()} cores (while switching {stall:.0f} ms, slowest step "
+        warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms, "
+                      f"{load} (while switching {stall:.0f} ms, slowest step "
                       f"{slowest:.0f} ms)", stacklevel=1)

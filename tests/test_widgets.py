@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gui_helpers import TIMEOUT_MS, add_sample, heartbeat, open_docks, tiny_settings, wait_idle
+from gui_helpers import TIMEOUT_MS, MachineLoad, add_sample, heartbeat, open_docks, tiny_settings, wait_idle
 from napari_samatch._widgets._review import NAMES
 
 pytestmark = pytest.mark.gui
@@ -327,6 +327,7 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     end = time.perf_counter() + 2.0
     idle = heartbeat(qtbot, lambda: time.perf_counter() > end, 5000)
     train.set_config(**tiny_settings(tiny_sam, warmup_iters=12, sam_iters=2, joint_iters=6))
+    load = MachineLoad()
     assert train.start()
     busy = heartbeat(qtbot, lambda: ctl.job is None and ctl.state == "idle", TIMEOUT_MS)
     handler = max(wall for _, wall, _ in ctl.handler_ms)
@@ -341,13 +342,13 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     print(f"engine-event handlers: {len(walls)}, median {median:.1f} ms, 95th percentile {p95:.1f} ms")
     assert median < 50  # the typical main-thread cost of an engine event
     # A shared VM stalls even an idle Qt timer (400-650 ms was seen on our CI machine), with a heavy tail
-    # that no bound relative to the idle stall survives. The 100 ms bound is asserted where the idle
-    # machine itself is quiet; elsewhere the numbers are recorded and only the median above is asserted.
-    if idle_stall < 50:
+    # that no bound relative to the idle stall survives. The 100 ms bound is asserted where the machine is
+    # quiet (gui_helpers.MachineLoad); elsewhere the numbers are recorded and only the median above is asserted.
+    if load.quiet(idle_stall):
         assert handler < 100 and stall < 100
     else:
-        warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms "
-                      f"(during training {stall:.0f} ms, slowest handler {handler:.0f} ms)", stacklevel=1)
+        warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms, "
+                      f"{load} (during training {stall:.0f} ms, slowest handler {handler:.0f} ms)", stacklevel=1)
 
 
 def test_finished_autosaves_and_runs_release_their_data(docks, qtbot, tiny_sam):

@@ -59,26 +59,27 @@ def show_member_image(viewer: Any, name: str, vol: Volume, contrast: tuple[float
     return img
 
 
-def show_member_labels(viewer: Any, name: str, vol: Volume, prediction: np.ndarray | None) -> tuple[Any, Any]:
-    """Put a member's labels and prediction into the cohort's layers; the prediction layer is removed when there
-    is none (it would be another member's). Returns the labels and prediction layers."""
+def show_member_labels(viewer: Any, name: str, vol: Volume) -> Any:
+    """Put a member's labels into the cohort's labels layer (made on first use); returns the layer."""
     _, (labels, lkw, _) = volume_to_layer_data(vol)
-    have = cohort_layers(viewer)
     meta = {**lkw["metadata"], MEMBER: name, ROLE: "labels"}
-    lab = have.get("labels")
+    lab = cohort_layers(viewer).get("labels")
     if lab is None:
-        lab = viewer.add_labels(labels, **{**lkw, "metadata": meta})
-    else:
-        _replace(lab, labels, lkw["name"], lkw["scale"], meta)
-    pred = have.get("prediction")
+        return viewer.add_labels(labels, **{**lkw, "metadata": meta})
+    _replace(lab, labels, lkw["name"], lkw["scale"], meta)
+    return lab
+
+
+def show_member_prediction(viewer: Any, name: str, scale: Any, prediction: np.ndarray | None) -> Any:
+    """Put a member's prediction into the cohort's prediction layer; the layer is removed when there is none (it
+    would be another member's). Returns the layer, or None."""
+    pred = cohort_layers(viewer).get("prediction")
     if prediction is None:
         if pred is not None:
             viewer.layers.remove(pred)
-        return lab, None
-    pmeta = {MEMBER: name, ROLE: "prediction"}
+        return None
+    meta = {MEMBER: name, ROLE: "prediction"}
     if pred is None:  # editable: the user corrects it, then accepts a slice of it
-        pred = viewer.add_labels(prediction, name=f"{name} prediction", scale=lkw["scale"], opacity=0.5,
-                                 metadata=pmeta)
-    else:
-        _replace(pred, prediction, f"{name} prediction", lkw["scale"], pmeta)
-    return lab, pred
+        return viewer.add_labels(prediction, name=f"{name} prediction", scale=scale, opacity=0.5, metadata=meta)
+    _replace(pred, prediction, f"{name} prediction", scale, meta)
+    return pred

@@ -34,7 +34,7 @@ from ..core.device import autocast
 from ..core.engine.cohort_review import predict_with_confidence
 from ..core.errors import DataError, SamatchError
 from ..core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
-from ._cohort_layers import cohort_layers, contrast_of, show_member_image, show_member_labels
+from ._cohort_layers import cohort_layers, contrast_of, show_member_image, show_member_labels, show_member_prediction
 from ._cohort_review import CohortReviewPanel
 from ._controller import get_controller
 from ._notify import notify_error
@@ -42,6 +42,9 @@ from ._runner import failure_message
 from ._tables import row_table
 
 COLUMNS = ("Volume", "Shape", "Labeled slices")
+# Between the steps of showing a member: a call queued with 0 ms runs before Qt's timers and redraws, so the steps
+# ran back to back (a 60-100 ms hold in the heartbeat test); one frame's wait lets the viewer and the user in.
+STEP_GAP_MS = 16
 
 
 class CohortWidget(QWidget):
@@ -220,15 +223,15 @@ class CohortWidget(QWidget):
             self._show_status()
 
     def _member_loaded(self, token: int, name: str, at: int | None, vol, prediction, contrast) -> None:
-        """Show the read member in three turns of the event loop (image; labels and prediction; the rest): each
-        layer's new data redraws it and re-checks the viewer's dims (30-50 ms each while a run trains on this
-        project's 2-core machine), so three short holds of the main thread instead of one long one."""
+        """Show the read member in four turns of the event loop (image; labels; prediction; the rest), a frame
+        apart: each layer's new data redraws it and re-checks the viewer's dims (20-50 ms each while a run trains
+        on this project's 2-core machine), so short holds of the main thread instead of one long one."""
         ctl = self.ctl
         if not self.alive["yes"] or token != self._show_token or ctl.cohort is None or name not in ctl.cohort.names():
             return  # another member was asked for since, or the cohort closed
         self._image_of = token
         self._timed(show_member_image, self.viewer, name, vol, contrast)
-        QTimer.singleShot(0, lambda: self._timed(self._labels_loaded, token, name, at, vol, prediction))
+        QTimer.singleShot(STEP_GAP_MS, lambda: self._timed(self._labels_loaded, token, name, at, vol, prediction))
 
     def _timed(self, fn, *args) -> None:
         t0 = time.perf_counter()
@@ -247,8 +250,14 @@ class CohortWidget(QWidget):
             notify_error(str(exc))
         self._update_row(ctl.cohort_shown)
         ctl.cohort_shown = None  # no painting is kept while the labels layer changes hands
-        lab, pred = show_member_labels(self.viewer, name, vol, prediction)
-        QTimer.singleShot(0, lambda: self._timed(self._member_shown, token, name, at, lab, pred))
+        lab = show_member_labels(self.viewer, name, vol)
+        QTimer.singleShot(STEP_GAP_MS, lambda: self._timed(self._prediction_loaded, token, name, at, lab, prediction))
+
+    def _prediction_loaded(self, token: int, name: str, at: int | None, lab, prediction) -> None:
+        if not self.alive["yes"] or token != self._image_of or self.ctl.cohort is None:
+            return
+        pred = show_member_prediction(self.viewer, name, lab.scale, prediction)
+        QTimer.singleShot(STEP_GAP_MS, lambda: self._timed(self._member_shown, token, name, at, lab, pred))
 
     def _member_shown(self, token: int, name: str, at: int | None, lab, pred) -> None:
         ctl = self.ctl
