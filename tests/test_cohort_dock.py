@@ -297,9 +297,15 @@ def test_complete_label_files_box_counts_trains_reviews_and_reopens(docks, cohor
     qtbot.waitUntil(lambda: ctl.labeled_slices() == [1, 4], timeout=5000)
     qtbot.wait(300)  # the debounced recount of the shown layer's painted slices has run
     assert column(dock, 2) == ["6", "0", "0"] and not ctl.cohort.paintings
+    data = ctl.labels_layer.data.copy()
+    data[2, 6:10, 6:10] = 1  # a correction on an empty slice of the complete file: still complete
+    ctl.labels_layer.data = data
+    qtbot.wait(300)
+    ctl.keep_cohort_painting()
+    assert "p1" in ctl.cohort.paintings and column(dock, 2) == ["6", "0", "0"]
 
     dock.complete_box.setChecked(False)  # applied to the open cohort at once
-    assert not ctl.cohort.labels_complete and column(dock, 2) == ["2", "0", "0"]
+    assert not ctl.cohort.labels_complete and column(dock, 2) == ["3", "0", "0"]
     dock.complete_box.setChecked(True)
     assert ctl.cohort.labels_complete and column(dock, 2) == ["6", "0", "0"]
 
@@ -313,7 +319,7 @@ def test_complete_label_files_box_counts_trains_reviews_and_reopens(docks, cohor
     qtbot.waitUntil(lambda: panel.worker is None and panel.table.rowCount() == 18 - 6, timeout=30_000)
     assert {m for m, _, _ in rows_of(panel)} == {"p2", "p3"}
     dock.complete_box.setChecked(False)  # p1's unpainted slices are the model's to check again
-    assert panel.table.rowCount() == 18 - 2
+    assert panel.table.rowCount() == 18 - 3  # the file's two painted slices and the correction
     dock.complete_box.setChecked(True)
 
     folder = tmp_path / "session"

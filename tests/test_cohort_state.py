@@ -105,7 +105,8 @@ def test_paintings_on_a_cohort_read_eagerly(tmp_path):
 
 def test_complete_label_files_label_every_slice_as_in_training(cohort):
     """``labels_complete``: p1's label file labels all six slices (background-only ones too), as ``cohort_slices``
-    trains on them; a member painted here counts its painted slices only. The flag goes through the session; an
+    trains on them, and still after a correction painted here; a member without a label file counts its painted
+    slices only. The flag goes through the session; an
     older session (no key) opens without it; without a labels folder it is a sentence."""
     state = CohortState.open(*cohort, labels_complete=True)
     assert [(r.name, r.labeled) for r in state.rows()] == [("p1", 6), ("p2", 0), ("p3", 0)]
@@ -120,11 +121,21 @@ def test_complete_label_files_label_every_slice_as_in_training(cohort):
     p2[2, 8:12, 6:10] = 1
     assert state.keep("p2", p2) and state.labeled("p2") == [2]
     p1 = state.load("p1").labels
-    p1[0, 6:16, 5:13] = 1  # a painting of p1 replaces its complete label file: its painted slices only
-    assert state.keep("p1", p1) and state.labeled("p1") == [0, 1, 4]
+    p1[0, 6:16, 5:13] = 1  # a correction of p1's complete label file: still complete
+    assert state.keep("p1", p1) and state.labeled("p1") == list(range(6))
     data = state.training_slices()
     assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state) == [
-        "p1_slice_0", "p1_slice_1", "p1_slice_4", "p2_slice_2"]
+        *(f"p1_slice_{z}" for z in range(6)), "p2_slice_2"]
+    assert data.labels[0].max() == 1  # the correction, not the file's empty slice
+    state.set_labels_complete(False)
+    assert state.labeled("p1") == [0, 1, 4]
+    data = state.training_slices()
+    assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state)
+    state.set_labels_complete(True)
+    from napari_samatch.core.data import cohort as files  # NIfTI files are read lazily; other formats eagerly
+    for read in (files._lazy, files._eager):
+        data = read(state.members, 0, None, dict(state.paintings), True)
+        assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state), read
 
     doc = state.session_doc()
     assert doc["labels_complete"] is True

@@ -21,7 +21,7 @@ COMPLETE_TEXT = "Label files are complete (every slice labeled, background-only 
 COMPLETE_TIP = ("Tick when the label files are fully annotated ground truth (e.g. ACDC's): every slice of a volume "
                 "with a label file is then a labeled slice, the empty ones as background. Leave it off when the "
                 "label files hold only a few painted slices. It applies to the open cohort at once (and is read "
-                "when a cohort opens); a volume painted here counts its painted slices only.")
+                "when a cohort opens). Corrections painted on such a volume keep it complete.")
 
 
 class CohortForm(QWidget):

@@ -323,19 +323,13 @@ class CohortWidget(CohortExport, QWidget):
         self.table.item(state.names().index(name), 2).setText(str(n))
 
     def _on_labeled(self) -> None:
-        ly, state = self.ctl.labels_layer, self.ctl.cohort
-        if ly is None or ly.metadata.get("cohort_member") != self.ctl.cohort_shown:
+        ly, state, name = self.ctl.labels_layer, self.ctl.cohort, self.ctl.cohort_shown
+        if state is None or ly is None or ly.metadata.get("cohort_member") != name:
             return
-        if state is None or not state.labels_complete:
-            self._update_row(self.ctl.cohort_shown, len(self.ctl.labeled_slices()))
-            return
-        # complete label files count every slice, a painting its painted ones: the state says which the shown
-        # labels are (keep compares them with what was loaded; unchanged labels stay the label file's)
-        try:
-            self.ctl.keep_cohort_painting()
-        except SamatchError as exc:
-            notify_error(str(exc))
-        self._update_row(self.ctl.cohort_shown)
+        if state.labels_complete and state.member(name).labels is not None:
+            self._update_row(name)  # a complete label file, painted or not: every slice is labeled
+        else:
+            self._update_row(name, len(self.ctl.labeled_slices()))
 
     def _show_status(self) -> None:
         state = self.ctl.cohort

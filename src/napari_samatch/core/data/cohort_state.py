@@ -7,8 +7,8 @@ files when shown or trained on). Training uses ``cohort_slices`` with the painti
 
 ``labels_complete`` declares the label files complete ground truth (``cohort_slices(labels_complete=True)``,
 ``train --labels-complete``): every slice of a member with a label file is labeled, background-only ones too.
-A member painted here counts its painting's painted slices only (a painting is never complete), so the table's
-counts, the review list's left-out slices and the training data follow one rule.
+A painting of such a member is complete too (it began as that file); a painting of a member without a label
+file never is. The table's counts, the review list's left-out slices and the training data follow one rule.
 """
 
 from __future__ import annotations
@@ -100,11 +100,14 @@ class CohortState:
         return self._shapes[name]
 
     def labeled(self, name: str) -> list[int]:
-        """The member's labeled slices: its painting's painted ones if painted here; else its label file's
-        painted ones, or all of them when the label files are complete (read once); none without either."""
-        if name in self.paintings:  # a painting is never complete, as in cohort_slices
-            return painted_slices(self.paintings[name], self.axis)
+        """The member's labeled slices, as ``cohort_slices`` labels them: all of them for a member with a label
+        file when the label files are complete (its painting too: it began as that file); else the painted ones
+        of its painting if painted here, else of its label file (read once); none without either."""
         m = self.member(name)
+        if name in self.paintings:
+            painting = self.paintings[name]
+            whole = self.labels_complete and m.labels is not None
+            return list(range(len(as_3d(painting, self.axis)))) if whole else painted_slices(painting, self.axis)
         if m.labels is None:
             return []
         if name not in self._file_labeled:
