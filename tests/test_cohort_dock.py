@@ -276,3 +276,77 @@ def test_switching_volumes_while_the_cohort_trains_never_freezes(docks, cohort_d
         warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms, "
                       f"{load} (while switching {stall:.0f} ms, slowest step "
                       f"{slowest:.0f} ms)", stacklevel=1)
+
+
+def test_complete_label_files_box_counts_trains_reviews_and_reopens(docks, cohort_dirs, qtbot, tiny_sam, tmp_path,
+                                                                   make_napari_viewer_proxy):
+    """The box ticked at Open: p1's label file (two painted slices of six) labels all six slices in the table, in
+    training and in the review list; unticked and ticked again on the open cohort, the counts follow; the session
+    keeps the flag."""
+    viewer, dock, train = docks
+    ctl, panel = dock.ctl, dock.review
+    dock.images_edit.setText(str(cohort_dirs[0]))
+    dock.labels_edit.setText(str(cohort_dirs[1]))
+    dock.complete_box.setChecked(True)  # no cohort open: read at Open
+    assert ctl.cohort is None
+    dock.open_btn.click()
+    assert ctl.cohort is not None and ctl.cohort.labels_complete
+    assert column(dock, 2) == ["6", "0", "0"]
+    select(qtbot, dock, 1)
+    select(qtbot, dock, 0)  # shown unchanged, p1's labels are still its complete label file
+    qtbot.waitUntil(lambda: ctl.labeled_slices() == [1, 4], timeout=5000)
+    qtbot.wait(300)  # the debounced recount of the shown layer's painted slices has run
+    assert column(dock, 2) == ["6", "0", "0"] and not ctl.cohort.paintings
+    data = ctl.labels_layer.data.copy()
+    data[2, 6:10, 6:10] = 1  # a correction on an empty slice of the complete file: still complete
+    ctl.labels_layer.data = data
+    qtbot.wait(300)
+    ctl.keep_cohort_painting()
+    assert "p1" in ctl.cohort.paintings and column(dock, 2) == ["6", "0", "0"]
+
+    dock.complete_box.setChecked(False)  # applied to the open cohort at once
+    assert not ctl.cohort.labels_complete and column(dock, 2) == ["3", "0", "0"]
+    dock.complete_box.setChecked(True)
+    assert ctl.cohort.labels_complete and column(dock, 2) == ["6", "0", "0"]
+
+    train.set_config(**tiny_settings(tiny_sam))
+    assert train.start(fresh=True)
+    wait_idle(qtbot, ctl)
+    engine = ctl.engine
+    assert len(engine.data) == 18 and len(engine.labeled_idx) == 6
+    assert [engine.data.ids[i] for i in engine.data.labeled_indices()] == [f"p1_slice_{z}" for z in range(6)]
+    # the run's end scores the cohort: no slice of p1 is listed, all of them are labeled
+    qtbot.waitUntil(lambda: panel.worker is None and panel.table.rowCount() == 18 - 6, timeout=30_000)
+    assert {m for m, _, _ in rows_of(panel)} == {"p2", "p3"}
+    dock.complete_box.setChecked(False)  # p1's unpainted slices are the model's to check again
+    assert panel.table.rowCount() == 18 - 3  # the file's two painted slices and the correction
+    dock.complete_box.setChecked(True)
+
+    folder = tmp_path / "session"
+    ctl.sessions.save(folder, block=True)
+    other = make_napari_viewer_proxy()
+    from napari_samatch._widgets._controller import get_controller
+
+    ctl2 = get_controller(other)
+    ctl2.sessions.open(folder)
+    dock2 = next(w for w in other.window.dock_widgets.values() if hasattr(w, "review"))
+    qtbot.waitUntil(lambda: dock2.loading is None and ctl2.cohort_shown == "p1" and ctl2.job is None, timeout=30_000)
+    assert ctl2.cohort.labels_complete and dock2.complete_box.isChecked() and column(dock2, 2) == ["6", "0", "0"]
+    assert ctl2.engine is not None and len(ctl2.engine.labeled_idx) == 6  # the model rebuilt on complete files
+
+
+def test_complete_box_without_a_labels_folder_is_one_notification(docks, cohort_dirs):
+    _, dock, _ = docks
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
+    assert not dock.open_cohort(cohort_dirs[0], None, labels_complete=True)
+    msg = last_notification()
+    assert len(notification_manager.records) == before + 1 and "needs a Labels folder" in msg
+    assert msg.count(". ") == 0 and dock.ctl.cohort is None and dock.table.rowCount() == 0
+
+    assert dock.open_cohort(cohort_dirs[0])  # open without labels, then tick: refused, the box unticked
+    dock.complete_box.setChecked(True)
+    assert "needs a Labels folder" in last_notification() and len(notification_manager.records) == before + 2
+    assert not dock.complete_box.isChecked() and not dock.ctl.cohort.labels_complete
+    assert column(dock, 2) == ["0", "0", "0"]

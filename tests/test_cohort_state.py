@@ -101,3 +101,52 @@ def test_paintings_on_a_cohort_read_eagerly(tmp_path):
     assert state.keep("t2", lab)
     data = state.training_slices()
     assert not data.is_lazy and [data.ids[i] for i in data.labeled_indices()] == ["t2_slice_0", "t2_slice_5"]
+
+
+def test_complete_label_files_label_every_slice_as_in_training(cohort):
+    """``labels_complete``: p1's label file labels all six slices (background-only ones too), as ``cohort_slices``
+    trains on them, and still after a correction painted here; a member without a label file counts its painted
+    slices only. The flag goes through the session; an
+    older session (no key) opens without it; without a labels folder it is a sentence."""
+    state = CohortState.open(*cohort, labels_complete=True)
+    assert [(r.name, r.labeled) for r in state.rows()] == [("p1", 6), ("p2", 0), ("p3", 0)]
+
+    def labeled_ids(state: CohortState) -> list[str]:
+        return [f"{n}_slice_{z}" for n in state.names() for z in state.labeled(n)]
+
+    data = state.training_slices()
+    assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state) == [f"p1_slice_{z}" for z in range(6)]
+
+    p2 = state.load("p2").labels
+    p2[2, 8:12, 6:10] = 1
+    assert state.keep("p2", p2) and state.labeled("p2") == [2]
+    p1 = state.load("p1").labels
+    p1[0, 6:16, 5:13] = 1  # a correction of p1's complete label file: still complete
+    assert state.keep("p1", p1) and state.labeled("p1") == list(range(6))
+    data = state.training_slices()
+    assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state) == [
+        *(f"p1_slice_{z}" for z in range(6)), "p2_slice_2"]
+    assert data.labels[0].max() == 1  # the correction, not the file's empty slice
+    state.set_labels_complete(False)
+    assert state.labeled("p1") == [0, 1, 4]
+    data = state.training_slices()
+    assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state)
+    state.set_labels_complete(True)
+    from napari_samatch.core.data import cohort as files  # NIfTI files are read lazily; other formats eagerly
+    for read in (files._lazy, files._eager):
+        data = read(state.members, 0, None, dict(state.paintings), True)
+        assert [data.ids[i] for i in data.labeled_indices()] == labeled_ids(state), read
+
+    doc = state.session_doc()
+    assert doc["labels_complete"] is True
+    again = CohortState.from_session(doc, {})
+    assert again.labels_complete and again.labeled("p1") == list(range(6))
+    older = {k: v for k, v in doc.items() if k != "labels_complete"}
+    assert not CohortState.from_session(older, {}).labels_complete
+    again.set_labels_complete(False)
+    assert again.labeled("p1") == [1, 4]  # the file read once serves either rule
+
+    with pytest.raises(DataError, match="labels folder"):
+        CohortState.open(cohort[0], labels_complete=True)
+    with pytest.raises(DataError, match="labels folder"):
+        CohortState.open(cohort[0]).set_labels_complete(True)

@@ -137,3 +137,18 @@ def test_volumes_and_files_are_not_mixed(cohort):
     root, paintings = cohort
     with pytest.raises(DataError, match="not both"):
         training_data([_volume(root, paintings, "heart0"), *list_cohort(root)], 0, NAMES)
+
+
+def test_complete_label_files_label_every_slice_of_their_volume(cohort, tmp_path):
+    """``labels_complete`` reaches ``cohort_slices``: heart0's label file (three painted slices) labels all 12
+    slices; heart1's painting still counts its painted slices only."""
+    root, paintings = cohort
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(paintings["heart0"].T), np.eye(4)), str(labels / "heart0.nii.gz"))
+    members = list_cohort(root, labels)
+    engine = start_round(members, 0, NAMES, _config(), paintings={"heart1": paintings["heart1"]}, val_slices=2,
+                         labels_complete=True)
+    assert len(engine.data.labeled_indices()) == 12 + 2 - 2 and len(engine.validator.val) == 2
+    plain = start_round(members, 0, NAMES, _config(), paintings={"heart1": paintings["heart1"]})
+    assert len(plain.data.labeled_indices()) == 3 + 2

@@ -107,6 +107,13 @@ class CohortReviewPanel(QWidget):
         self._fill()
         self.status.setText("Train a model, then find the slices of the cohort it is least sure of.")
 
+    def relabel(self) -> None:
+        """The cohort's rule for labeled slices changed (the complete-labels box): leave out its labeled slices."""
+        state = self.ctl.cohort
+        if state is not None:
+            self.review.relabel(state.labeled)
+            self._fill()
+
     def _on_engine(self) -> None:
         # a cohort run (or a loaded model) ended: its answers are new, so is the list
         if self.ctl.cohort is not None and self.ctl.job is None:

@@ -3,7 +3,8 @@
 The dock only shows and delegates: the cohort (members, shapes, labeled counts, the volumes painted here) is a
 core ``CohortState`` held by the viewer's Controller; while it is open, the Train dock's Start trains one model
 on every volume (``Controller.start``); "Predict all and export" writes one mask per volume in a worker thread
-(``core/match/cohort_masks.py``, as ``napari-samatch predict --images``).
+(``core/match/cohort_masks.py``, as ``napari-samatch predict --images``; ``_cohort_export.py``). The folder form
+(and the box declaring the label files complete, as ``train --labels-complete``) is ``_cohort_form.py``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QMessageBox,
     QPushButton,
     QTableWidgetItem,
     QVBoxLayout,
@@ -32,8 +28,9 @@ from qtpy.QtWidgets import (
 from ..core.data.cohort_state import CohortState
 from ..core.device import autocast
 from ..core.engine.cohort_review import predict_with_confidence
-from ..core.errors import DataError, SamatchError
-from ..core.match.cohort_masks import check_mask_folder, mask_targets, predict_to_folder
+from ..core.errors import SamatchError
+from ._cohort_export import CohortExport
+from ._cohort_form import CohortForm
 from ._cohort_layers import cohort_layers, contrast_of, show_member_image, show_member_labels, show_member_prediction
 from ._cohort_review import CohortReviewPanel
 from ._controller import get_controller
@@ -45,9 +42,11 @@ COLUMNS = ("Volume", "Shape", "Labeled slices")
 # Between the steps of showing a member: a call queued with 0 ms runs before Qt's timers and redraws, so the steps
 # ran back to back (a 60-100 ms hold in the heartbeat test); one frame's wait lets the viewer and the user in.
 STEP_GAP_MS = 16
+NO_LABELS = ("'Label files are complete' needs a Labels folder; choose the folder of label files, or untick the "
+             "box.")
 
 
-class CohortWidget(QWidget):
+class CohortWidget(CohortExport, QWidget):
     """Open a cohort, see its volumes, click one to paint it, predict and export every volume."""
 
     def __init__(self, napari_viewer) -> None:
@@ -64,25 +63,11 @@ class CohortWidget(QWidget):
         self.destroyed.connect(lambda *_, a=self.alive: a.update(yes=False))
         lay = QVBoxLayout(self)
 
-        form = QFormLayout()
-        self.images_edit, self.labels_edit = QLineEdit(), QLineEdit()
-        self.images_edit.setPlaceholderText("a folder of volumes (NIfTI, TIFF, .h5, DICOM series)")
-        self.labels_edit.setPlaceholderText("optional: label files named like the volumes")
-        for label, edit, what in (("Images", self.images_edit, "images"), ("Labels", self.labels_edit, "labels")):
-            row = QHBoxLayout()
-            btn = QPushButton("Browse...")
-            btn.clicked.connect(lambda _=False, e=edit, w=what: self._browse(e, w))
-            row.addWidget(edit, 1)
-            row.addWidget(btn)
-            form.addRow(label, row)
-        lay.addLayout(form)
-        row = QHBoxLayout()
-        self.open_btn = QPushButton("Open folder...")
-        self.open_btn.setToolTip("Open the cohort of the Images folder (and the optional Labels folder).")
-        self.close_btn = QPushButton("Close cohort")
-        row.addWidget(self.open_btn)
-        row.addWidget(self.close_btn)
-        lay.addLayout(row)
+        self.form = CohortForm(self)
+        lay.addWidget(self.form)
+        f = self.form
+        self.images_edit, self.labels_edit, self.complete_box = f.images_edit, f.labels_edit, f.complete_box
+        self.open_btn, self.close_btn = f.open_btn, f.close_btn
 
         self.table = row_table(COLUMNS, "Click a volume to show it with its labels and paint a few of its slices.")
         lay.addWidget(self.table, 1)
@@ -98,6 +83,7 @@ class CohortWidget(QWidget):
 
         self.open_btn.clicked.connect(self._open_clicked)
         self.close_btn.clicked.connect(self.close_cohort)
+        self.complete_box.toggled.connect(self.set_labels_complete)
         self.table.itemSelectionChanged.connect(self._row_chosen)
         self.export_btn.clicked.connect(self._export_clicked)
         self.ctl.labeled_changed.connect(self._on_labeled)
@@ -105,24 +91,24 @@ class CohortWidget(QWidget):
         self._fill_table()
 
     # ------------------------------------------------------------------ opening
-    def _browse(self, edit: QLineEdit, what: str) -> None:
-        folder = QFileDialog.getExistingDirectory(self, f"The folder of {what}")
-        if folder:
-            edit.setText(folder)
-
     def _open_clicked(self) -> None:
         if not self.images_edit.text().strip():
-            self._browse(self.images_edit, "images")
-        if self.images_edit.text().strip():
-            self.open_cohort(self.images_edit.text().strip(), self.labels_edit.text().strip() or None)
+            self.form.browse(self.images_edit, "images")
+        images, labels, complete = self.form.folders()
+        if images:
+            self.open_cohort(images, labels, labels_complete=complete)
 
-    def open_cohort(self, images: str | Path, labels: str | Path | None = None) -> bool:
-        """Open a cohort (replacing one already open); a bad folder is one notification. True when opened."""
+    def open_cohort(self, images: str | Path, labels: str | Path | None = None, labels_complete: bool = False) -> bool:
+        """Open a cohort (replacing one already open); a bad folder is one notification. True when opened.
+        ``labels_complete``: the label files label every slice (``CohortState.labels_complete``)."""
         if self.ctl.job is not None:
             show_warning("A run is going; open the cohort when it ends (or stop it).")
             return False
+        if labels_complete and labels is None:
+            notify_error(NO_LABELS)
+            return False
         try:
-            state = CohortState.open(images, labels, axis=self.ctl.axis)
+            state = CohortState.open(images, labels, axis=self.ctl.axis, labels_complete=labels_complete)
             rows = state.rows()  # headers and label files: a bad file is a sentence now, not at a click
         except SamatchError as exc:
             notify_error(str(exc))
@@ -133,6 +119,33 @@ class CohortWidget(QWidget):
         self._fill_table(rows)
         return True
 
+    def set_labels_complete(self, on: bool) -> bool:
+        """The box, applied to the open cohort at once (no cohort: read at Open): its counts, the review list and
+        the next run follow. Refused without a Labels folder (one notification, the box unticked). True if applied."""
+        state = self.ctl.cohort
+        if state is None or bool(on) == state.labels_complete:
+            self.form.set_complete(on)
+            return state is not None
+        if on and state.labels is None:
+            notify_error(NO_LABELS)
+            self.form.set_complete(False)
+            return False
+        try:
+            self.ctl.keep_cohort_painting()  # strokes on the shown member decide whether it is a painting
+            state.set_labels_complete(on)
+            counts = [len(state.labeled(name)) for name in state.names()]
+        except SamatchError as exc:
+            notify_error(str(exc))
+            self.form.set_complete(state.labels_complete)
+            return False
+        self.form.set_complete(on)
+        for r, n in enumerate(counts):
+            self.table.item(r, 2).setText(str(n))
+        self.review.relabel()
+        self.ctl.sessions.mark_dirty("cohort")
+        self._show_status()
+        return True
+
     def _fill_table(self, rows: list | None = None) -> None:
         """The table, folders and status of the controller's cohort (none: empty)."""
         state, self._show_token = self.ctl.cohort, self._show_token + 1
@@ -140,8 +153,7 @@ class CohortWidget(QWidget):
         self.review.reset()
         rows = rows if rows is not None else (state.rows() if state is not None else [])
         if state is not None:
-            self.images_edit.setText(str(state.images))
-            self.labels_edit.setText(str(state.labels or ""))
+            self.form.show_cohort(state)
         self.table.blockSignals(True)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
@@ -311,9 +323,13 @@ class CohortWidget(QWidget):
         self.table.item(state.names().index(name), 2).setText(str(n))
 
     def _on_labeled(self) -> None:
-        ly = self.ctl.labels_layer
-        if ly is not None and ly.metadata.get("cohort_member") == self.ctl.cohort_shown:
-            self._update_row(self.ctl.cohort_shown, len(self.ctl.labeled_slices()))
+        ly, state, name = self.ctl.labels_layer, self.ctl.cohort, self.ctl.cohort_shown
+        if state is None or ly is None or ly.metadata.get("cohort_member") != name:
+            return
+        if state.labels_complete and state.member(name).labels is not None:
+            self._update_row(name)  # a complete label file, painted or not: every slice is labeled
+        else:
+            self._update_row(name, len(self.ctl.labeled_slices()))
 
     def _show_status(self) -> None:
         state = self.ctl.cohort
@@ -321,74 +337,9 @@ class CohortWidget(QWidget):
             self.status.setText("Open a folder of volumes to train one model on all of them.")
             return
         shown = f" Showing {self.ctl.cohort_shown}." if self.ctl.cohort_shown else " Click a volume to paint it."
+        files = "every slice of a label file" if state.labels_complete else "painted slices of label files"
         self.status.setText(f"{len(state.members)} volumes. Start in the Train dock trains one model on all of them "
-                            f"(painted slices and label files).{shown}")
-
-    # ------------------------------------------------------------------ predict and export
-    def _export_clicked(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Write one mask per volume into a folder")
-        if folder:
-            self.predict_all(folder)
-
-    def predict_all(self, folder: str | Path, overwrite: bool | None = None) -> bool:
-        """Predict every member with the current model and write its mask into ``folder`` (worker thread).
-
-        Existing masks there are replaced only when ``overwrite`` (``None``: ask the user). True when started.
-        """
-        ctl, state = self.ctl, self.ctl.cohort
-        try:
-            if state is None:
-                raise DataError("Open a cohort first (a folder of volumes), then predict all of its volumes.")
-            if ctl.engine is None:
-                raise DataError("There is no model yet: train one (Start in the Train dock) or load one.")
-            if ctl.job is not None or self.export_worker is not None:
-                raise DataError("A run or an export is going; predict all when it ends.")
-            existing = [t for t in mask_targets(state.members, folder) if t.is_file()]
-            if existing and overwrite is None:
-                overwrite = self._confirm_replace(folder, len(existing))
-            targets = check_mask_folder(state.members, folder, bool(overwrite),
-                                        {"images folder": state.images, "labels folder": state.labels},
-                                        fix="choose another folder",
-                                        exists_fix="choose another folder, or agree to replace the masks there",
-                                        writable_fix="Choose another folder.")
-        except SamatchError as exc:
-            notify_error(str(exc))
-            return False
-        engine, members = ctl.engine, list(state.members)
-
-        def work():  # worker thread, one volume at a time (the main thread sees progress and may quit)
-            amp = autocast(engine.device, engine.config.amp)
-            for k, (m, target) in enumerate(zip(members, targets)):
-                with engine.lock:
-                    predict_to_folder(engine.unet, engine.config.size, [m], [target], bool(overwrite),
-                                      axis=state.axis, device=engine.device, amp=amp)
-                yield k + 1
-
-        self.written = []
-        self.status.setText(f"Predicting {len(members)} volumes into {folder}...")
-        self.export_btn.setEnabled(False)
-        worker = create_worker(work, _start_thread=False)
-        worker.yielded.connect(lambda k: (self.written.append(targets[k - 1]),
-                                          self.status.setText(f"{k} of {len(members)} masks written to {folder}.")))
-        worker.returned.connect(lambda _=None: self._export_done(folder, None))
-        worker.errored.connect(lambda exc: self._export_done(folder, failure_message(exc, "Predicting the cohort")))
-        self.export_worker = worker
-        worker.start()
-        return True
-
-    def _confirm_replace(self, folder: str | Path, n: int) -> bool:
-        answer = QMessageBox.question(self, "Replace masks?", f"{n} mask(s) already exist in {folder}. Replace them?")
-        return answer == QMessageBox.StandardButton.Yes
-
-    def _export_done(self, folder: str | Path, error: str | None) -> None:
-        self.export_worker = None
-        self.export_btn.setEnabled(True)
-        if error:
-            notify_error(error)
-            self.status.setText(f"Export stopped after {len(self.written)} mask(s): {error}")
-        else:
-            show_info(f"{len(self.written)} masks written to {folder}.")
-            self._show_status()
+                            f"(slices painted here, {files}).{shown}")
 
 
 __all__ = ["CohortWidget"]

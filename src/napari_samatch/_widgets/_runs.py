@@ -33,6 +33,7 @@ class Snapshot(NamedTuple):
     axis: int
     class_names: list[str]
     paintings: dict[str, np.ndarray]
+    labels_complete: bool = False  # the cohort's label files label every slice (CohortState.labels_complete)
 
 
 class RunControl:
@@ -44,7 +45,7 @@ class RunControl:
         if self.cohort is not None:
             self.keep_cohort_painting()  # arrays are replaced, never edited, by keep(): the dict is a snapshot
             return Snapshot(list(self.cohort.members), self.cohort.axis, list(self.class_names),
-                            dict(self.cohort.paintings))
+                            dict(self.cohort.paintings), self.cohort.labels_complete)
         return Snapshot([self.volume()], self.axis, self.effective_class_names(), {})
 
     def _start_line(self, snap: Snapshot) -> str:
@@ -52,8 +53,9 @@ class RunControl:
         if self.cohort is not None:
             self.cohort.check_labeled(snap.paintings)
             v = self.val_slices
+            complete = "; label files complete (every slice labeled)" if snap.labels_complete else ""
             return (f"Training one model on the cohort: {len(snap.members)} volumes, {len(snap.paintings)} painted "
-                    "here" + (f"; up to {v} labeled slice(s) held out for validation." if v else "."))
+                    "here" + complete + (f"; up to {v} labeled slice(s) held out for validation." if v else "."))
         labeled = snap.members[0].labeled_slices(snap.axis).tolist()
         if not labeled:
             raise DataError("No slice is labeled yet. Paint at least one slice of the labels layer "
@@ -80,7 +82,7 @@ class RunControl:
 
         def make_engine():  # worker thread: label files are read here
             return start_round(snap.members, snap.axis, snap.class_names, config, paintings=snap.paintings,
-                               val_slices=val_slices, engine=engine)
+                               val_slices=val_slices, engine=engine, labels_complete=snap.labels_complete)
 
         self.sessions.autosave(force=True)
         if self.cohort is None:

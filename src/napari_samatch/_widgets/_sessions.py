@@ -267,7 +267,8 @@ class SessionManager(QObject):
         snap = ctl.training_members()  # a cohort's label files are read in the worker
 
         def make_engine():
-            return review_engine(Path(path), snap.members, snap.axis, snap.class_names, snap.paintings, device)
+            return review_engine(Path(path), snap.members, snap.axis, snap.class_names, snap.paintings, device,
+                                 labels_complete=snap.labels_complete)
 
         self.checkpoint_path = Path(path)
         ctl.launch(ctl.job_for(make_engine, None, run=False, final_preview=preview), 0)

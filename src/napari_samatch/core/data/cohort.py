@@ -17,8 +17,9 @@ position in this list, so with the same seed renamed files draw other slices (``
 names and stacks files so that this order is the SSL4MIS list's, and trains as that list).
 
 Paintings: ``paintings`` maps a member's name to a label volume held in memory (the napari Cohort dock's
-painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled
-(a painting is never complete: ``labels_complete`` applies to label files only).
+painted volumes, ``cohort_state.py``); it replaces that member's label file, so its painted slices are labeled.
+A painting of a member whose label file is complete is complete too (it began as that file, corrected); a
+painting of a member without a label file never is.
 
 Memory: when every image and label file is NIfTI the slices are read from disk when used
 (``lazy.nifti_slices``; use ``.nii`` rather than ``.nii.gz`` for large cohorts). Other formats are read
@@ -134,7 +135,8 @@ def cohort_slices(members: Sequence[Member], axis: int = 0, class_names: Sequenc
     """Training slices of a cohort (see the module docstring); a ``DataError`` sentence when nothing is labeled.
 
     ``labels_complete``: every slice of a volume with a label file is labeled (background-only ones too), not
-    only its painted slices; for fully annotated volumes. Paintings still count their painted slices only."""
+    only its painted slices; for fully annotated volumes. A painting of such a volume is complete too; a painting
+    of a volume without a label file counts its painted slices only."""
     paintings = dict(paintings or {})
     if not any(m.labels is not None or m.name in paintings for m in members):
         raise DataError(f"None of the {len(members)} volumes has a label file, so no slice is labeled; give "
@@ -165,11 +167,12 @@ def _lazy(members: Sequence[Member], axis: int, class_names: Sequence[str] | Non
         if m.name in paintings and tuple(np.shape(paintings[m.name])) != volume_shape(m.image):
             raise DataError(f"The labels painted on '{m.name}' have shape {np.shape(paintings[m.name])} but the "
                             f"image {volume_shape(m.image)}; paint on a labels layer of the image's shape.")
+    whole = {m.name for m in members if complete and m.labels is not None}  # complete paintings
     top = 0
     for i, (group, z) in enumerate(zip(data.groups, data.positions)):
         if group in paintings:  # the painted slice itself, in memory, stands in for a label file's slice
             lab = np.take(paintings[group], z, axis=axis)
-            if lab.any():
+            if lab.any() or group in whole:
                 data.labels.refs[i] = np.ascontiguousarray(lab)  # type: ignore[attr-defined]
                 top = max(top, int(lab.max()))
     return _with_classes(data, top, class_names).validate()
@@ -204,7 +207,7 @@ def _eager(members: Sequence[Member], axis: int, class_names: Sequence[str] | No
                                else f"The labels painted on '{m.name}'")
         if labs is None:
             painted: set[int] = set()
-        elif complete and m.name not in paintings:  # a complete label file: its empty slices are background
+        elif complete and m.labels is not None:  # a complete label file (or its painting): empty slices are background
             painted = set(range(len(labs)))
         else:
             painted = set(vol.labeled_slices(axis).tolist())

@@ -4,6 +4,11 @@ The napari Cohort dock shows one member at a time. Switching to another member m
 on the previous one, and the label files on disk are inputs that are never written. So the paintings live
 here, in memory, and only for members whose labels the user changed (the others are read from their label
 files when shown or trained on). Training uses ``cohort_slices`` with the paintings overriding label files.
+
+``labels_complete`` declares the label files complete ground truth (``cohort_slices(labels_complete=True)``,
+``train --labels-complete``): every slice of a member with a label file is labeled, background-only ones too.
+A painting of such a member is complete too (it began as that file); a painting of a member without a label
+file never is. The table's counts, the review list's left-out slices and the training data follow one rule.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from ..errors import DataError
 from .cohort import Member, cohort_slices, list_cohort, volume_shape
 from .io import read_label, read_volume
 from .slices import SliceSet
-from .volume import Volume, check_axis
+from .volume import Volume, as_3d, check_axis
+
+NO_LABELS_FOLDER = ("Label files can only be complete with a labels folder; choose the folder of label files, or "
+                    "leave the labels not complete.")
 
 
 def painted_slices(labels: np.ndarray, axis: int = 0) -> list[int]:
@@ -38,7 +46,7 @@ class MemberRow:
 
     name: str
     shape: tuple[int, ...]
-    labeled: int          # painted slices along the cohort's axis (the user's painting, else the label file)
+    labeled: int          # labeled slices along the cohort's axis (``CohortState.labeled``)
     painted_here: bool    # the user painted this member in napari (held in memory, not on disk)
 
 
@@ -46,22 +54,34 @@ class CohortState:
     """The members of a cohort and the label volumes painted on some of them (name -> array, in memory)."""
 
     def __init__(self, members: list[Member], images: str | os.PathLike, labels: str | os.PathLike | None = None,
-                 axis: int = 0) -> None:
+                 axis: int = 0, labels_complete: bool = False) -> None:
         self.members = list(members)
         self.images, self.labels = Path(images), Path(labels) if labels is not None else None
         self.axis = axis
+        self.labels_complete = False
+        self.set_labels_complete(labels_complete)
         self.paintings: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
-        self._file_labeled: dict[str, list[int]] = {}  # painted slices of each label file, read once
+        # painted slices and slice count of each label file, read once (either flag's count without a new read)
+        self._file_labeled: dict[str, tuple[list[int], int]] = {}
         # the labels of the members last loaded, as loaded: what keep() compares with. Two, because the dock reads
         # the next member in a worker while the shown one may still be kept (an autosave, a Start).
         self._loaded: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, images: str | os.PathLike, labels: str | os.PathLike | None = None, axis: int = 0) -> CohortState:
+    def open(cls, images: str | os.PathLike, labels: str | os.PathLike | None = None, axis: int = 0,
+             labels_complete: bool = False) -> CohortState:
         """The cohort of a folder of volumes (and an optional folder of label files); a DataError sentence if bad."""
-        return cls(list_cohort(images, labels), images, labels, axis)
+        if labels_complete and labels is None:
+            raise DataError(NO_LABELS_FOLDER)
+        return cls(list_cohort(images, labels), images, labels, axis, labels_complete)
+
+    def set_labels_complete(self, complete: bool) -> None:
+        """Declare the label files complete (or not); a DataError sentence when there is no labels folder."""
+        if complete and self.labels is None:
+            raise DataError(NO_LABELS_FOLDER)
+        self.labels_complete = bool(complete)
 
     def names(self) -> list[str]:
         return [m.name for m in self.members]
@@ -80,16 +100,22 @@ class CohortState:
         return self._shapes[name]
 
     def labeled(self, name: str) -> list[int]:
-        """The member's labeled slices: its painting's if painted here, else its label file's (read once)."""
-        if name in self.paintings:
-            return painted_slices(self.paintings[name], self.axis)
+        """The member's labeled slices, as ``cohort_slices`` labels them: all of them for a member with a label
+        file when the label files are complete (its painting too: it began as that file); else the painted ones
+        of its painting if painted here, else of its label file (read once); none without either."""
         m = self.member(name)
+        if name in self.paintings:
+            painting = self.paintings[name]
+            whole = self.labels_complete and m.labels is not None
+            return list(range(len(as_3d(painting, self.axis)))) if whole else painted_slices(painting, self.axis)
         if m.labels is None:
             return []
         if name not in self._file_labeled:
             lab = read_label(m.labels)
-            self._file_labeled[name] = painted_slices(lab, check_axis(self.axis, lab.ndim))
-        return list(self._file_labeled[name])
+            self._file_labeled[name] = (painted_slices(lab, check_axis(self.axis, lab.ndim)),
+                                        len(as_3d(lab, self.axis)))  # slices as cohort_slices counts them
+        painted, count = self._file_labeled[name]
+        return list(range(count)) if self.labels_complete else list(painted)
 
     def rows(self) -> list[MemberRow]:
         return [MemberRow(m.name, self.shape(m.name), len(self.labeled(m.name)), m.name in self.paintings)
@@ -170,13 +196,15 @@ class CohortState:
     def session_doc(self) -> dict[str, Any]:
         """The cohort as plain JSON (folders, axis, which members hold a painting); the paintings are arrays."""
         return {"images": str(self.images), "labels": str(self.labels) if self.labels is not None else None,
-                "axis": int(self.axis), "painted": sorted(self.paintings)}
+                "axis": int(self.axis), "labels_complete": bool(self.labels_complete), "painted": sorted(self.paintings)}
 
     @classmethod
     def from_session(cls, doc: dict[str, Any], paintings: dict[str, np.ndarray]) -> CohortState:
         """The cohort of a saved session, its paintings back in memory; a DataError sentence when the folder
-        lost a painted volume or a painting no longer fits its volume (nothing painted is silently dropped)."""
-        state = cls.open(doc["images"], doc.get("labels"), int(doc.get("axis", 0)))
+        lost a painted volume or a painting no longer fits its volume (nothing painted is silently dropped). A
+        session written before ``labels_complete`` existed opens with it off."""
+        state = cls.open(doc["images"], doc.get("labels"), int(doc.get("axis", 0)),
+                         labels_complete=bool(doc.get("labels_complete", False)))
         missing = sorted(set(paintings) - set(state.names()))
         if missing:
             raise DataError(f"The session holds paintings of {', '.join(missing)}, which are no longer in "
@@ -197,6 +225,7 @@ class CohortState:
                             "of its slices, then start training.")
 
     def training_slices(self, class_names: list[str] | None = None) -> SliceSet:
-        """Every slice of every member; the painted slices (paintings over label files) are labeled."""
+        """Every slice of every member; the labeled ones (``labeled``: paintings over label files) are labeled."""
         self.check_labeled()
-        return cohort_slices(self.members, self.axis, class_names or None, paintings=self.paintings)
+        return cohort_slices(self.members, self.axis, class_names or None, paintings=self.paintings,
+                             labels_complete=self.labels_complete)

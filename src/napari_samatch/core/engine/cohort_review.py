@@ -104,6 +104,11 @@ class CohortReview:
         """Leave a slice out from now on (it was accepted: the user's now)."""
         self._left_out.setdefault(member, set()).add(int(index))
 
+    def relabel(self, labeled: Callable[[str], Iterable[int]]) -> None:
+        """Leave out ``labeled(member)`` of every volume scored so far, in place of what was left out: the rule
+        for labeled slices changed (label files declared complete, or not). Accepted slices are in ``labeled``."""
+        self._left_out = {m: set(int(i) for i in labeled(m)) for m in self._scores}
+
     def members(self) -> list[str]:
         return list(self._scores)
 

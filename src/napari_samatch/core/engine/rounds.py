@@ -68,11 +68,12 @@ def _volume_slices(volumes: Sequence[Volume], axis: int, class_names: Sequence[s
 
 def start_round(members: Sequence[TrainingMember], axis: int, class_names: Sequence[str] | None,
                 config: RunConfig, paintings: Mapping[str, np.ndarray] | None = None, val_slices: int = 0,
-                engine: Engine | None = None) -> Engine:
+                engine: Engine | None = None, labels_complete: bool = False) -> Engine:
     """A new engine on the members' slices, or ``engine``'s next round on them (its models kept, the stage
     lengths and method of ``config``); ``val_slices`` labeled slices, spread over all members, are held out
-    for validation. Reads label files: call it where waiting is fine (the docks' worker thread)."""
-    data, val = split_validation(training_data(members, axis, class_names, paintings), val_slices)
+    for validation; ``labels_complete`` as in ``training_data``. Reads label files: call it where waiting is
+    fine (the docks' worker thread)."""
+    data, val = split_validation(training_data(members, axis, class_names, paintings, labels_complete), val_slices)
     config = config.replace(num_classes=data.num_classes, class_names=list(data.class_names))
     if engine is None:
         return Engine(data, config, val=val)
@@ -82,10 +83,10 @@ def start_round(members: Sequence[TrainingMember], axis: int, class_names: Seque
 
 def review_engine(path: str | Path, members: Sequence[TrainingMember], axis: int,
                   class_names: Sequence[str] | None, paintings: Mapping[str, np.ndarray] | None = None,
-                  device: str = "auto") -> Engine:
+                  device: str = "auto", labels_complete: bool = False) -> Engine:
     """The engine of a saved model (a training checkpoint or an exported model) on the members' slices, to
     review and continue from: nothing is held out until the next round asks for it."""
-    return engine_from_file(path, training_data(members, axis, class_names, paintings), device)
+    return engine_from_file(path, training_data(members, axis, class_names, paintings, labels_complete), device)
 
 
 def engine_from_file(path: str | Path, data: SliceSet, device: str = "auto") -> Engine:
