@@ -158,10 +158,14 @@ def test_complete_label_files_label_every_slice_of_their_volumes(nifti_cohort, t
     assert data.is_lazy and len(data.labeled_indices()) == 12
     assert {data.groups[i] for i in data.unlabeled_indices()} == {"p3"}  # no label file: unlabeled
     assert not data.labels[0].any() and data.ids[0] == "p1_slice_0"  # a labeled slice that is all background
-    # a painting replaces its member's label file and counts its painted slices only, complete or not
+    # a painting replaces its member's label file: complete with the flag when it has one (a correction of that
+    # file), its painted slices only when it has none or without the flag
     painting = painted(volume(1)[1], [2])
-    data = cohort_slices(members, paintings={"p1": painting}, labels_complete=True)
-    assert [data.ids[i] for i in data.labeled_indices()] == ["p1_slice_2"] + [f"p2_slice_{z}" for z in range(6)]
+    data = cohort_slices(members, paintings={"p1": painting, "p3": painting}, labels_complete=True)
+    assert [data.ids[i] for i in data.labeled_indices()] == [f"p{m}_slice_{z}" for m in (1, 2) for z in range(6)] + [
+        "p3_slice_2"]
+    data = cohort_slices(members, paintings={"p1": painting})
+    assert [data.ids[i] for i in data.labeled_indices()][:1] == ["p1_slice_2"]
     # the eager path (TIFF) reads the flag the same way
     tif_images, tif_labels = tmp_path / "ti", tmp_path / "tl"
     tif_images.mkdir()
