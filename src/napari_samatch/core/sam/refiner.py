@@ -109,8 +109,8 @@ class Refiner:
 
         A decode without gradients teaches SAM nothing (pseudo-labels of a step where SAM is frozen,
         previews, box edits, the calibration), so it runs under the run's bf16 autocast (``config.amp``,
-        where the device has fast bf16): 0.63x the time on this project's CPU, 7 of 131 072 mask pixels
-        different, a Start 5-11 % faster at the same Dice (docs/benchmarks.md)."""
+        where the device has fast bf16): 0.68x the time on this project's CPU, 31 of 524 288 mask pixels
+        different, a Start 1-11 % faster at the same Dice (docs/benchmarks.md, "Speed levers")."""
         if len(prompts) == 0:
             s = self.config.size
             return emb.new_zeros((0, s, s)), emb.new_zeros((0,))
