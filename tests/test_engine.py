@@ -161,3 +161,23 @@ def test_checkpoint_of_other_classes_is_refused(sample, sam, tmp_path):
     two.hidden = [None if lab is None else (lab > 0).astype(np.uint8) for lab in two.hidden]
     with pytest.raises(CheckpointError):
         Engine.from_checkpoint(tmp_path / "c.pt", two, num_classes=2, class_names=["background", "heart"])
+
+
+def test_warmup_is_refitted_while_a_painted_class_is_missed(sample):
+    """A class still missed on the painted slices after the warm-up gets half the warm-up again, at most
+    twice, with the progress total and a line for the user saying why; a fitted model gets none."""
+    data, _, _ = sample
+
+    def run(fit_dice):
+        seen: list[ev.Event] = []
+        config = tiny(data, method="supervised", warmup_method="supervised", warmup_iters=50, sam_iters=0,
+                      joint_iters=0, warmup_fit_dice=fit_dice)
+        Engine(data, config).run(seen.append)
+        return seen
+
+    seen = run(0.99)  # unreachable in 50 steps at 64 px: both refits run
+    progress = [e for e in seen if e.kind == ev.PROGRESS]
+    assert len(progress) == 50 + 25 + 25 and progress[-1].global_iteration == progress[-1].global_total == 100
+    notes = [e.message for e in seen if e.kind == ev.LOG and "still misses" in e.message]
+    assert len(notes) == 2 and "warming up 25 more steps" in notes[0]
+    assert len([e for e in run(0.0) if e.kind == ev.PROGRESS]) == 50

@@ -34,6 +34,7 @@ from ..data.slices import SliceSet
 from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator
 from ..errors import CheckpointError, DataError
+from ..evaluation.metrics import dice_per_class
 from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..prior.prior import slice_prior
@@ -180,6 +181,17 @@ class Engine:
                 for k, d in dice.items() if k not in self.refiner.trusted]
         return (f"SAM's Dice from ground-truth boxes on {len(pick)} labeled slices: SAM refines "
                 f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {', '.join(kept)}" if kept else ""))
+
+    def unfit_classes(self) -> dict[int, float]:
+        """Classes on the painted slices that the Match model still misses there: {class: Dice} below
+        ``warmup_fit_dice`` (up to ``calibrate_slices`` labeled slices, evenly spread)."""
+        c = self.config
+        lab = self.labeled_idx
+        pick = lab[torch.linspace(0, len(lab) - 1, min(len(lab), c.calibrate_slices)).round().long()]
+        pred = self.predict(pick.tolist()).argmax(1)
+        truth = self.labels[pick].to(pred.device)
+        dice = dice_per_class(pred, truth, c.num_classes).tolist()
+        return {k: float(dice[k]) for k in range(1, c.num_classes) if (truth == k).any() and dice[k] < c.warmup_fit_dice}
 
     def sam_optimizer(self) -> torch.optim.Optimizer:
         """SAM's optimiser, made on first use (a run without SAM never builds one)."""

@@ -27,14 +27,14 @@ def run(engine, on_event: ev.EventCallback | None = None, checkpoint_dir: str | 
     done_before = sum(n for _, n in stages[: engine.stage_index]) + engine.stage_iter
     step_times: list[float] = []
     engine.clear_stop()
-    state = {"stage": "", "iter": 0, "n": 0, "global": done_before}
+    state = {"stage": "", "iter": 0, "n": 0, "global": done_before, "total": total}
 
     def emit(kind: str, message: str = "", data: dict | None = None) -> None:
         if on_event is None or not distributed.is_main():
             return
         recent = step_times[-20:]
-        eta = (total - state["global"]) * (sum(recent) / len(recent)) if recent else None
-        on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], total, eta,
+        eta = (state["total"] - state["global"]) * (sum(recent) / len(recent)) if recent else None
+        on_event(ev.Event(kind, state["stage"], state["iter"], state["n"], state["global"], state["total"], eta,
                           message, data or {}))
 
     if done_before == 0 and engine.prior is not None:  # the first usable result, before any training
@@ -86,12 +86,22 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
     calibrate = (lambda: emit(ev.LOG, engine.calibrate_sam())) if samatch and c.sam_trust_dice > 0 else None
     if calibrate:
         calibrate()
-    while engine.stage_iter < n:
+    start = 0  # where the current learning-rate decay began (a refit of the warm-up restarts it)
+    refits = 0
+    while True:
+        if engine.stage_iter >= n:
+            extra = refit_warmup(engine, name, n, refits, emit)
+            if not extra:
+                break
+            start, n, refits = n, n + extra, refits + 1
+            state["n"] = n
+            state["total"] += extra
+            sched_unet = PolySchedule(engine.opt_unet, total=extra, power=c.poly_power)
         engine.between_steps(emit, name)
         t0 = time.perf_counter()
         with engine.lock:
             if sched_unet:
-                sched_unet.step(engine.stage_iter)
+                sched_unet.step(engine.stage_iter - start)
             if sched_sam:
                 sched_sam.step(engine.stage_iter)
             logs = engine.step(name)
@@ -113,3 +123,24 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
             emit(ev.METRICS, data=metrics)
         if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
             faults.periodic_save(engine, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
+
+
+MAX_REFITS = 2
+MIN_REFIT_WARMUP = 50  # a shorter warm-up is a deliberate quick look (a preview, a test): not refitted
+
+
+def refit_warmup(engine, name: str, n: int, refits: int, emit) -> int:
+    """Extra warm-up steps when the Match model still misses a painted class on the painted slices (0: none).
+
+    A small structure can still be unlearned when the warm-up ends (ACDC's RV on 3 of 16 volumes at k = 5);
+    SAM is then never prompted for it. Half the warm-up again, at most ``MAX_REFITS`` times."""
+    c = engine.config
+    if name != "warmup" or c.warmup_fit_dice <= 0 or refits >= MAX_REFITS or c.warmup_iters < MIN_REFIT_WARMUP:
+        return 0
+    unfit = engine.unfit_classes()  # predict() takes the engine's lock
+    if not unfit:
+        return 0
+    extra = c.warmup_iters // 2
+    names = ", ".join(f"{c.class_names[k]} {d:.2f}" for k, d in unfit.items())
+    emit(ev.LOG, f"The Match model still misses {names} (Dice on the painted slices); warming up {extra} more steps")
+    return extra
