@@ -37,8 +37,9 @@ class RunConfig:
     joint_iters: int = 300
     # After the warm-up, a class the Match model still misses on the painted slices themselves (Dice below
     # this) gets the warm-up again, half as long with a fresh learning-rate decay, at most twice; 0 = off.
-    # On ACDC at k = 5 the small RV was unlearned after 200 steps on 3 of 16 volumes (Dice 0.00-0.17 on
-    # its own painted slices), and SAM was then prompted without it (docs/benchmarks.md).
+    # On ACDC at k = 5 the small RV was unlearned after 200 steps on 3 of 11 volumes checked (Dice 0.00-0.17
+    # on its own painted slices, 0.76-0.95 on the others), and SAM was then never prompted for it
+    # (docs/benchmarks.md, "k = 5 and the warm-up refit").
     warmup_fit_dice: float = 0.0
     size: int = 256
     batch_labeled: int = 4
