@@ -34,7 +34,6 @@ from ..data.slices import SliceSet
 from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator
 from ..errors import CheckpointError, DataError
-from ..evaluation.metrics import dice_per_class
 from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..prior.prior import slice_prior
@@ -163,14 +162,18 @@ class Engine:
             self._refiner.sam_images = self.sam_images
         return self._refiner
 
+    def labeled_spread(self) -> torch.Tensor:
+        """Up to ``calibrate_slices`` labeled slices, evenly spread: what the checks on painted slices see."""
+        lab = self.labeled_idx
+        return lab[torch.linspace(0, len(lab) - 1, min(len(lab), self.config.calibrate_slices)).round().long()]
+
     def calibrate_sam(self) -> str:
         """Measure which classes SAM may refine (``Refiner.calibrate`` on up to ``calibrate_slices``
         labeled slices, evenly spread); returns a line saying so. A no-op when ``sam_trust_dice`` is 0."""
         c = self.config
         if c.sam_trust_dice <= 0:
             return ""
-        lab = self.labeled_idx
-        pick = lab[torch.linspace(0, len(lab) - 1, min(len(lab), c.calibrate_slices)).round().long()]
+        pick = self.labeled_spread()
         with self.lock, torch.no_grad():
             self.sam.eval()
             dice = self.refiner.calibrate(pick.tolist(), self.images[pick], self.labels[pick])
@@ -181,17 +184,6 @@ class Engine:
                 for k, d in dice.items() if k not in self.refiner.trusted]
         return (f"SAM's Dice from ground-truth boxes on {len(pick)} labeled slices: SAM refines "
                 f"{', '.join(sam) or 'no class'}" + (f"; the Match model keeps {', '.join(kept)}" if kept else ""))
-
-    def unfit_classes(self) -> dict[int, float]:
-        """Classes on the painted slices that the Match model still misses there: {class: Dice} below
-        ``warmup_fit_dice`` (up to ``calibrate_slices`` labeled slices, evenly spread)."""
-        c = self.config
-        lab = self.labeled_idx
-        pick = lab[torch.linspace(0, len(lab) - 1, min(len(lab), c.calibrate_slices)).round().long()]
-        pred = self.predict(pick.tolist()).argmax(1)
-        truth = self.labels[pick].to(pred.device)
-        dice = dice_per_class(pred, truth, c.num_classes).tolist()
-        return {k: float(dice[k]) for k in range(1, c.num_classes) if (truth == k).any() and dice[k] < c.warmup_fit_dice}
 
     def sam_optimizer(self) -> torch.optim.Optimizer:
         """SAM's optimiser, made on first use (a run without SAM never builds one)."""

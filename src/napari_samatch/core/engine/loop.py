@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..evaluation.metrics import dice_per_class
 from . import distributed, faults
 from . import events as ev
 from .schedule import PolySchedule
@@ -132,15 +133,19 @@ MIN_REFIT_WARMUP = 50  # a shorter warm-up is a deliberate quick look (a preview
 def refit_warmup(engine, name: str, n: int, refits: int, emit) -> int:
     """Extra warm-up steps when the Match model still misses a painted class on the painted slices (0: none).
 
-    A small structure can still be unlearned when the warm-up ends (ACDC's RV on 3 of 16 volumes at k = 5);
-    SAM is then never prompted for it. Half the warm-up again, at most ``MAX_REFITS`` times."""
+    A small structure can still be unlearned when the warm-up ends (ACDC's RV on 3 of 11 volumes checked at
+    k = 5); SAM is then never prompted for it. Half the warm-up again, at most ``MAX_REFITS`` times."""
     c = engine.config
     if name != "warmup" or c.warmup_fit_dice <= 0 or refits >= MAX_REFITS or c.warmup_iters < MIN_REFIT_WARMUP:
         return 0
-    unfit = engine.unfit_classes()  # predict() takes the engine's lock
+    pick = engine.labeled_spread()
+    pred = engine.predict(pick.tolist()).argmax(1)  # predict() takes the engine's lock
+    truth = engine.labels[pick].to(pred.device)
+    dice = dice_per_class(pred, truth, c.num_classes).tolist()
+    unfit = [k for k in range(1, c.num_classes) if (truth == k).any() and dice[k] < c.warmup_fit_dice]
     if not unfit:
         return 0
     extra = c.warmup_iters // 2
-    names = ", ".join(f"{c.class_names[k]} {d:.2f}" for k, d in unfit.items())
+    names = ", ".join(f"{c.class_names[k]} {dice[k]:.2f}" for k in unfit)
     emit(ev.LOG, f"The Match model still misses {names} (Dice on the painted slices); warming up {extra} more steps")
     return extra
