@@ -320,6 +320,7 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     by many jobs), wall-clock gaps say nothing about this plugin, and only the main-thread time spent
     per engine event is asserted.
     """
+    import gc
     import time
 
     viewer, data, train, review = docks
@@ -329,7 +330,9 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     train.set_config(**tiny_settings(tiny_sam, warmup_iters=12, sam_iters=2, joint_iters=6))
     load = MachineLoad()
     assert train.start()
+    frozen = gc.get_freeze_count()  # the run froze the heap: no full collection stalls it (_widgets/_heap.py)
     busy = heartbeat(qtbot, lambda: ctl.job is None and ctl.state == "idle", TIMEOUT_MS)
+    assert frozen > 10_000 and gc.get_freeze_count() == 0  # and the run's end thawed it
     handler = max(wall for _, wall, _ in ctl.handler_ms)
     stall, idle_stall = max(busy[1:]), max(idle[1:])
     record_property("heartbeat_max_stall_ms", round(stall, 1))
@@ -349,6 +352,26 @@ def test_ui_never_freezes_during_training(docks, qtbot, tiny_sam, record_propert
     else:
         warnings.warn(f"UI stall bound not checked: the idle machine stalls a Qt timer by {idle_stall:.0f} ms, "
                       f"{load} (during training {stall:.0f} ms, slowest handler {handler:.0f} ms)", stacklevel=1)
+
+
+def test_heap_stays_frozen_while_any_run_holds_it():
+    """Two runs may overlap (a cohort and a volume): the heap thaws when the last one ends, once."""
+    import gc
+
+    from napari_samatch._widgets._heap import hold_heap, release_heap
+
+    hold_heap()
+    hold_heap()
+    assert gc.get_freeze_count() > 0
+    release_heap()
+    assert gc.get_freeze_count() > 0
+    release_heap()
+    assert gc.get_freeze_count() == 0
+    release_heap()  # an extra release (a job that failed before it started) changes nothing
+    hold_heap()
+    assert gc.get_freeze_count() > 0
+    release_heap()
+    assert gc.get_freeze_count() == 0
 
 
 def test_finished_autosaves_and_runs_release_their_data(docks, qtbot, tiny_sam):

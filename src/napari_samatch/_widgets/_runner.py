@@ -20,6 +20,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..core.engine import events as ev
 from ..core.errors import SamatchError
+from ._heap import hold_heap, release_heap
 from ._layers import preview_to_display
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class TrainingJob(QObject):
         self._last_preview = 0.0
         self._preview_cursor = 0
         self.worker = None
+        self._holds_heap = False
         self.emitted = 0  # signal emissions (tests check the throttle)
 
     # ------------------------------------------------------------------ control (main thread)
@@ -76,6 +78,8 @@ class TrainingJob(QObject):
         self.worker = create_worker(self._work, _start_thread=False)
         self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._on_errored)
+        hold_heap()
+        self._holds_heap = True
         self.worker.start()
 
     def pause(self) -> None:
@@ -112,6 +116,9 @@ class TrainingJob(QObject):
         # (make_engine's closure holds the volume) or the engine once the controller has them.
         self.make_engine = None
         self.engine = None
+        if self._holds_heap:
+            self._holds_heap = False
+            release_heap()
 
     # ------------------------------------------------------------------ worker thread
     def _emit(self, event: ev.Event) -> None:
