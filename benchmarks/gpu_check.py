@@ -12,7 +12,11 @@ each failing on its own without stopping the others:
    ``full`` mode (UNet under bf16 autocast, as the engine runs), plus 4 + 4 ``decoder`` with the whole step
    under bf16 autocast (SAM too): median step time, its split, and the peak GPU memory of each kind of step.
 4. ``encode``: LiteMedSAM image-encoder throughput (slices per second, batch 16, float32 and bf16).
-5. ``acdc``: SAM-Match (``decoder`` mode, the paper's settings: 256 px, batch 4 + 4, SGD 0.01 with poly
+5. ``profile``: ``torch.profiler`` over 5 joint steps (``OUT_DIR/profile.txt``) and the GPU's busy share.
+6. ``levers`` (only with ``--levers``): ``benchmarks/gpu_levers.py``, the joint step's synchronising calls
+   by line and its time as speed levers go on one by one. Alone: ``--levers --skip tests steps encode
+   profile acdc``.
+7. ``acdc``: SAM-Match (``decoder`` mode, the paper's settings: 256 px, batch 4 + 4, SGD 0.01 with poly
    decay, SAM trained every step) on the ACDC subset that ``benchmarks/gpu_prepare.sh`` copied to
    ``.gpudata/ACDC``, as many joint steps as the time left allows (about 4 minutes), with SAM pre-training
    steps in the paper's proportion (1000 : 30 000); validation Dice on the subset's val volumes and the
@@ -321,6 +325,13 @@ def acdc(root: Path, device: str, dry: bool, budget_s: float, step_estimate_s: f
     return res
 
 
+def levers(device: str, dry: bool, deadline_s: float) -> dict:
+    """benchmarks/gpu_levers.py: the step's synchronising calls, and the step as levers go on."""
+    import gpu_levers
+
+    return gpu_levers.run(device, dry, say, deadline_s - elapsed() - 60)
+
+
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -330,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-s", type=float, default=450.0, help="the whole driver's time budget")
     ap.add_argument("--acdc-s", type=float, default=240.0, help="the ACDC run's budget, at most")
     ap.add_argument("--skip", nargs="*", default=[], choices=["tests", "steps", "encode", "profile", "acdc"])
+    ap.add_argument("--levers", action="store_true",
+                    help="also run benchmarks/gpu_levers.py (sync audit and lever ladder, 3-4 minutes)")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -378,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = section("steps", steps, device, dry) or []
     section("encode", encode_rate, device, dry)
     section("profile", profile, device, dry, args.out)
+    if args.levers:
+        section("levers", levers, device, dry, args.deadline_s)
     est = next((r["joint"]["median_s"] for r in rows
                 if r.get("mode") == "decoder" and not r.get("amp_all") and "joint" in r
                 and r["batch"] == (4 if not dry else 1)), None)

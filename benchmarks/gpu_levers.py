@@ -1,0 +1,172 @@
+"""Which levers shorten the joint SAM-Match step on a GPU, measured as a ladder in one process.
+
+Run as a section of ``benchmarks/gpu_check.py`` (``--levers``), which the device machine starts through
+``benchmarks/gpu_check.sh``; ``--dry-run`` runs the same code shrunk on the CPU.
+
+Why: the first GPU run (docs/benchmarks.md, "On one H200") found the joint step at batch 4 + 4 taking
+0.148 s while the GPU was busy for about 0.064 s of it: the step waits on the host. Two suspects:
+synchronising calls (``.item()``, ``.tolist()``, small host-to-device copies from pageable memory, which
+wait for the stream to drain) that stop Python from running ahead of the GPU, and kernel count.
+
+1. ``syncs``: every synchronising CUDA call of three joint steps, counted by the line of Python that made
+   it (``torch.cuda.set_sync_debug_mode``).
+2. ``ladder``: the joint step's median time as levers are switched on one after another, then all off
+   again (the last rung checks that the machine did not drift): TF32 matmuls and cuDNN autotuning; the
+   augmentation's random draws made on the GPU (a CUDA generator: no host-to-device copy per draw);
+   the Match model in channels-last memory format; ``torch.compile`` of the Match model.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+
+def _engine(device: str, size: int, batch: int):
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
+
+    data, _, _ = phantom(shape=(max(12, 2 * batch + 4), size, size))
+    config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode="decoder",
+                    device=device, threads=0, eval_every=0, checkpoint_every=0, sam_every=1)
+    engine = Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names)))
+    engine.sam_optimizer()
+    return engine
+
+
+def sync_audit(engine, steps: int = 3) -> dict:
+    """Synchronising CUDA calls per joint step, by the Python line that made them (CUDA only)."""
+    import torch
+
+    if engine.device.type != "cuda":
+        return {"skipped": "not on CUDA"}
+    where: collections.Counter = collections.Counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                engine.step("joint")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where[f"{Path(w.filename).name}:{w.lineno}"] += 1
+    total = sum(where.values())
+    return {"per_step": round(total / steps, 1),
+            "by_line_per_step": {k: round(v / steps, 1) for k, v in where.most_common(25)}}
+
+
+def _time_steps(engine, steps: int, warmup: int) -> dict:
+    import torch
+
+    cuda = engine.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = []
+    for i in range(steps + warmup):
+        sync()
+        if cuda and i == warmup:
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        engine.step("joint")
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    row = {"median_s": round(statistics.median(times), 4), "min_s": round(min(times), 4),
+           "spread_s": round(statistics.quantiles(times, n=4)[2] - statistics.quantiles(times, n=4)[0], 4)
+           if len(times) >= 4 else None}
+    if cuda:
+        row["peak_cuda_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return row
+
+
+def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]:
+    """The joint step as levers go on one by one (cumulative), then all off again."""
+    import torch
+
+    import napari_samatch.core.engine.engine as engine_module
+
+    cuda = engine.device.type == "cuda"
+    original_step_fn = engine_module.unimatch_step
+    aug_gen = torch.Generator(device=engine.device).manual_seed(1) if cuda else engine.rank_gen
+
+    def set_flags(on: bool) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.benchmark = on
+
+    def set_gpu_generator(on: bool) -> None:
+        if not on:
+            engine_module.unimatch_step = original_step_fn
+            return
+
+        def with_gpu_generator(unet, x, y, u, gen, *args, **kwargs):
+            return original_step_fn(unet, x, y, u, aug_gen, *args, **kwargs)
+
+        engine_module.unimatch_step = with_gpu_generator
+
+    def set_channels_last(on: bool) -> None:
+        engine.unet.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+
+    plain_unet = engine.train_unet
+
+    def set_compiled(on: bool) -> None:
+        engine.train_unet = torch.compile(plain_unet) if on else plain_unet
+
+    rungs = [("baseline", None, False), ("+ TF32 matmuls, cuDNN autotuning", set_flags, True),
+             ("+ augmentation draws on the GPU", set_gpu_generator, True),
+             ("+ Match model channels-last", set_channels_last, True)]
+    if compile_ok:
+        rungs.append(("+ torch.compile(Match model)", set_compiled, True))
+    rows = []
+    try:
+        for name, switch, on in rungs:
+            t = time.perf_counter()
+            if switch is not None:
+                switch(on)
+            # the first steps after a switch absorb autotuning and compilation
+            row = {"rung": name, **_time_steps(engine, steps, warmup + (3 if "compile" in name else 0))}
+            row["wall_s"] = round(time.perf_counter() - t, 1)
+            rows.append(row)
+            say(f"levers: {name:38s} {row['median_s'] * 1e3:7.1f} ms (min {row['min_s'] * 1e3:.1f}, "
+                f"IQR {1e3 * (row['spread_s'] or 0):.1f})" + (f", {row['peak_cuda_gib']} GiB" if cuda else ""))
+    finally:
+        for switch in (set_compiled, set_channels_last, set_gpu_generator, set_flags):
+            switch(False)
+    row = {"rung": "all off again (drift check)", **_time_steps(engine, steps, warmup)}
+    rows.append(row)
+    say(f"levers: {row['rung']:38s} {row['median_s'] * 1e3:7.1f} ms")
+    return rows
+
+
+def run(device: str, dry: bool, say, time_left_s: float) -> dict:
+    """Both parts on the phantom's slices in decoder mode at 256 px: batch 4 + 4 with the sync audit and
+    ``torch.compile``, then batch 16 + 16 without them (shrunk to 64 px, batch 1, on a dry run)."""
+    import torch
+
+    t0 = time.perf_counter()
+    out: dict = {"mode": "decoder"}
+    for batch in ((1,) if dry else (4, 16)):
+        size, steps, warmup = (64, 2, 1) if dry else (256, 15, 3)
+        engine = _engine(device, size, batch)
+        for _ in range(warmup):  # encodes the phantom's slices once (decoder mode caches them)
+            engine.step("joint")
+        audit = sync_audit(engine) if batch == (1 if dry else 4) else {"skipped": "audited at batch 4"}
+        if "per_step" in audit:
+            say(f"levers: {audit['per_step']} synchronising calls a joint step; by line: "
+                + ", ".join(f"{k} x{v}" for k, v in list(audit["by_line_per_step"].items())[:10]))
+        left = time_left_s - (time.perf_counter() - t0)
+        compile_ok = not dry and batch == 4 and left > 240  # compilation can take a minute or two
+        say(f"levers: batch {batch} + {batch}, {size} px, median of {steps} joint steps per rung")
+        out[f"batch_{batch}"] = {"size": size, "batch": [batch, batch], "steps": steps, "warmup": warmup,
+                                 "syncs": audit, "ladder": ladder(engine, steps, warmup, compile_ok, say),
+                                 "compile_tried": compile_ok}
+        del engine
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
