@@ -15,6 +15,7 @@ Levers (none changes the code under test; each is switched on and off around one
   fp_unlabeled_only  feature perturbation decoded for the unlabeled half only (``UNet(fp_start=bx)``)
   bf16_step          the whole step under the engine's autocast (SAM too; bf16 where the CPU has it)
   fp32_unet          the Match model without autocast (the engine's default is bf16 on AMX CPUs)
+  sam_train_amp      SAM's training decodes under bf16 autocast too (``RunConfig.sam_train_amp``; CPU only)
   sam_prompts_K      SAM's supervised loss on K randomly chosen ground-truth prompts of the labeled batch
 """
 
@@ -80,6 +81,14 @@ def lever(engine, name: str):
             yield
         finally:
             engine.config = saved
+    elif name == "sam_train_amp":
+        saved = engine.config, engine.refiner.config
+        engine.config = saved[0].replace(sam_train_amp=True)
+        engine.refiner.config = saved[1].replace(sam_train_amp=True)
+        try:
+            yield
+        finally:
+            engine.config, engine.refiner.config = saved
     elif name.startswith("sam_prompts_"):
         k = int(name.rsplit("_", 1)[1])
         refiner = engine.refiner

@@ -314,3 +314,35 @@ def test_backends_use_the_patch_upsample(lite):
 
     ups = [m for m in lite.mask_decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
     assert ups and all(type(m) is PatchUpsample for m in ups)
+
+
+@pytest.mark.parametrize("train_amp", [False, True])
+def test_training_decode_runs_in_bf16_only_when_asked(lite, embeddings, train_amp):
+    """``sam_train_amp``: SAM's decodes with gradients run under bf16 autocast on a CPU with fast bf16
+    (0.68-0.79x the joint step, docs/benchmarks.md); gradients still reach the float32 weights."""
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.device import cpu_has_fast_bf16
+    from napari_samatch.core.sam.prompts import Prompts
+    from napari_samatch.core.sam.refiner import Refiner
+
+    if train_amp and not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no fast bf16, so autocast stays float32")
+    config = preset("quick", size=256, device="cpu", sam_train_amp=train_amp)
+    refiner = Refiner(lite, config, torch.device("cpu"))
+    n = len(IMAGE_INDEX)
+    prompts = Prompts(image_index=IMAGE_INDEX, class_index=torch.ones(n, dtype=torch.long), boxes=BOXES,
+                      points=None, point_labels=None, scores=torch.ones(n), num_images=3, frame_size=(256, 256))
+    seen = []
+    hook = lite.mask_decoder.iou_prediction_head.layers[0].register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype))
+    try:
+        lite.train(True)
+        logits, iou = refiner.decode(embeddings, prompts)
+        (logits.mean() + iou.mean()).backward()
+    finally:
+        hook.remove()
+        lite.train(False)
+    grads = [p.grad for p in lite.mask_decoder.parameters() if p.grad is not None]
+    lite.zero_grad(set_to_none=True)
+    assert logits.dtype == torch.float32 and grads and all(g.dtype == torch.float32 for g in grads)
+    assert seen and all(d == (torch.bfloat16 if train_amp else torch.float32) for d in seen)

@@ -110,7 +110,9 @@ class Refiner:
         A decode without gradients teaches SAM nothing (pseudo-labels of a step where SAM is frozen,
         previews, box edits, the calibration), so it runs under the run's bf16 autocast (``config.amp``,
         where the device has fast bf16): 0.68x the time on this project's CPU, 31 of 524 288 mask pixels
-        different, a Start 1-11 % faster at the same Dice (docs/benchmarks.md, "Speed levers")."""
+        different, a Start 1-11 % faster at the same Dice (docs/benchmarks.md, "Speed levers"). A decode
+        SAM learns from does too on a CPU (``config.sam_train_amp``): the weights and their gradients stay
+        float32, and SAM fine-tuned on ACDC reached the same Dice in 0.74x the time."""
         if len(prompts) == 0:
             s = self.config.size
             return emb.new_zeros((0, s, s)), emb.new_zeros((0,))
@@ -118,7 +120,11 @@ class Refiner:
         # a preview of every slice decoded at once took a 15-slice volume's run from 2.7 to 3.8 GB.
         # In chunks the peak stays flat; the result is the same (prompts are decoded independently).
         logits, iou = [], []
-        amp = contextlib.nullcontext() if torch.is_grad_enabled() else autocast(self.device, self.config.amp)
+        training = torch.is_grad_enabled()
+        if not training or (self.config.sam_train_amp and self.device.type == "cpu"):
+            amp = autocast(self.device, self.config.amp)
+        else:
+            amp = contextlib.nullcontext()
         for i in range(0, len(prompts), DECODE_CHUNK):
             part = prompts.select(torch.arange(i, min(i + DECODE_CHUNK, len(prompts))))
             with amp:
