@@ -15,7 +15,8 @@ Levers (none changes the code under test; each is switched on and off around one
   fp_unlabeled_only  feature perturbation decoded for the unlabeled half only (``UNet(fp_start=bx)``)
   bf16_step          the whole step under the engine's autocast (SAM too; bf16 where the CPU has it)
   fp32_unet          the Match model without autocast (the engine's default is bf16 on AMX CPUs)
-  sam_train_amp      SAM's training decodes under bf16 autocast too (``RunConfig.sam_train_amp``; CPU only)
+  sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
+                     2026-12-04, when this lever was ``sam_train_amp`` and measured the other way round)
   sam_prompts_K      SAM's supervised loss on K randomly chosen ground-truth prompts of the labeled batch
 """
 
@@ -81,10 +82,10 @@ def lever(engine, name: str):
             yield
         finally:
             engine.config = saved
-    elif name == "sam_train_amp":
+    elif name == "sam_train_fp32":
         saved = engine.config, engine.refiner.config
-        engine.config = saved[0].replace(sam_train_amp=True)
-        engine.refiner.config = saved[1].replace(sam_train_amp=True)
+        engine.config = saved[0].replace(sam_train_amp=False)
+        engine.refiner.config = saved[1].replace(sam_train_amp=False)
         try:
             yield
         finally:
