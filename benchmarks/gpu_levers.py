@@ -12,7 +12,8 @@ wait for the stream to drain) that stop Python from running ahead of the GPU, an
    it (``torch.cuda.set_sync_debug_mode``).
 2. ``ladder``: the joint step's median time as levers are switched on one after another, then all off
    again (the last rung checks that the machine did not drift): TF32 matmuls and cuDNN autotuning; the
-   augmentation's random draws made on the GPU (a CUDA generator: no host-to-device copy per draw);
+   augmentation's random draws made on the GPU (a CUDA generator, and the geometry's constant matrices
+   kept there: no host-to-device copy per draw);
    the Match model in channels-last memory format; ``torch.compile`` of the Match model.
 """
 
@@ -99,10 +100,18 @@ def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]
         torch.backends.cuda.matmul.allow_tf32 = on
         torch.backends.cudnn.benchmark = on
 
+    from napari_samatch.core.match import augment
+
+    host_constants = augment._FLIP, augment._ROT90
+
     def set_gpu_generator(on: bool) -> None:
+        # draws on the GPU make random_geometry move its two constant matrices there on every call:
+        # they go along, already on the device, so the rung removes copies rather than trading them
         if not on:
             engine_module.unimatch_step = original_step_fn
+            augment._FLIP, augment._ROT90 = host_constants
             return
+        augment._FLIP, augment._ROT90 = (t.to(aug_gen.device) for t in host_constants)
 
         def with_gpu_generator(unet, x, y, u, gen, *args, **kwargs):
             return original_step_fn(unet, x, y, u, aug_gen, *args, **kwargs)
