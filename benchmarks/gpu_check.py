@@ -152,53 +152,10 @@ def steps(device: str, dry: bool) -> list[dict]:
 
 
 def profile(device: str, dry: bool, out: Path) -> dict:
-    """torch.profiler over a few joint steps (batch 4 + 4, decoder): which kernels and ops take the time,
-    and whether the step waits on the host (CPU time near wall time: launch-bound, a case for CUDA graphs
-    or torch.compile). The table goes to OUT/profile.txt."""
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
+    """benchmarks/gpu_levers.py's profile: the kernels of a few joint steps and the GPU's busy share."""
+    import gpu_levers
 
-    from napari_samatch.core.config import preset
-    from napari_samatch.core.data.datasets import phantom
-    from napari_samatch.core.engine.engine import Engine
-
-    batch, size, n = (1, 64, 1) if dry else (4, 256, 5)
-    data, _, _ = phantom(shape=(max(6, 2 * batch + 4), size, size))
-    config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode="decoder",
-                    device=device, eval_every=0, checkpoint_every=0, sam_every=1)
-    engine = Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names)))
-    engine.sam_optimizer()
-    cuda = engine.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(1 if dry else 3):
-        engine.step("joint")
-    sync()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    t = time.perf_counter()
-    with torch_profile(activities=acts) as prof:
-        for _ in range(n):
-            engine.step("joint")
-        sync()
-    wall = (time.perf_counter() - t) / n
-    key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=30)
-    (out / "profile.txt").write_text(table)
-    events = prof.key_averages()
-    res = {"batch": batch, "size": size, "steps": n, "wall_per_step_s (profiled)": round(wall, 4),
-           "ops_per_step": round(sum(e.count for e in events) / n)}
-    if cuda:
-        from torch.autograd import DeviceType
-
-        # device-side events only (kernels, copies): the CPU ops that launched them would count them twice
-        kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
-        res["gpu_busy_per_step_s"] = round(kernels / 1e6 / n, 4)
-        res["gpu_busy_fraction"] = round(kernels / 1e6 / n / wall, 3)
-        say(f"profile: {wall * 1e3:.1f} ms a step, GPU busy {res['gpu_busy_fraction']:.0%} of it "
-            f"(lower means the step waits on Python and kernel launches); table in profile.txt")
-    del engine
-    gc.collect()
-    return res
+    return gpu_levers.profile(device, dry, out, say)
 
 
 def encode_rate(device: str, dry: bool) -> dict:

@@ -1,20 +1,21 @@
-"""Which levers shorten the joint SAM-Match step on a GPU, measured as a ladder in one process.
+"""Where the joint SAM-Match step's time goes on a GPU, and which levers shorten it.
 
-Run as a section of ``benchmarks/gpu_check.py`` (``--levers``), which the device machine starts through
-``benchmarks/gpu_check.sh``; ``--dry-run`` runs the same code shrunk on the CPU.
+Sections of ``benchmarks/gpu_check.py`` (``profile`` always, syncs and ladder with ``--levers``), which the
+device machine starts through ``benchmarks/gpu_check.sh``; ``--dry-run`` runs the same code shrunk on the CPU.
 
-Why: the first GPU run (docs/benchmarks.md, "On one H200") found the joint step at batch 4 + 4 taking
+Why: the first GPU run (docs/benchmarks.md, "The GPU check") found the joint step at batch 4 + 4 taking
 0.148 s while the GPU was busy for about 0.064 s of it: the step waits on the host. Two suspects:
 synchronising calls (``.item()``, ``.tolist()``, small host-to-device copies from pageable memory, which
 wait for the stream to drain) that stop Python from running ahead of the GPU, and kernel count.
 
-1. ``syncs``: every synchronising CUDA call of three joint steps, counted by the line of Python that made
+1. ``profile``: ``torch.profiler`` over a few joint steps (``OUT/profile.txt``) and the GPU's busy share.
+2. ``syncs``: every synchronising CUDA call of three joint steps, counted by the line of Python that made
    it (``torch.cuda.set_sync_debug_mode``).
-2. ``ladder``: the joint step's median time as levers are switched on one after another, then all off
+3. ``ladder``: the joint step's median time as levers are switched on one after another, then all off
    again (the last rung checks that the machine did not drift): TF32 matmuls and cuDNN autotuning; the
    augmentation's random draws made on the GPU (a CUDA generator, and the geometry's constant matrices
-   kept there: no host-to-device copy per draw);
-   the Match model in channels-last memory format; ``torch.compile`` of the Match model.
+   kept there: no host-to-device copy per draw); the Match model in channels-last memory format;
+   ``torch.compile`` of the Match model.
 """
 
 from __future__ import annotations
@@ -27,17 +28,60 @@ import warnings
 from pathlib import Path
 
 
-def _engine(device: str, size: int, batch: int):
+def _engine(device: str, size: int, batch: int, slices: int | None = None):
+    """An engine on the phantom in ``decoder`` mode with SAM training every step, its optimiser made."""
     from napari_samatch.core.config import preset
     from napari_samatch.core.data.datasets import phantom
     from napari_samatch.core.engine.engine import Engine
 
-    data, _, _ = phantom(shape=(max(12, 2 * batch + 4), size, size))
+    data, _, _ = phantom(shape=(slices or max(12, 2 * batch + 4), size, size))
     config = preset("standard", size=size, batch_labeled=batch, batch_unlabeled=batch, sam_mode="decoder",
                     device=device, threads=0, eval_every=0, checkpoint_every=0, sam_every=1)
     engine = Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names)))
     engine.sam_optimizer()
     return engine
+
+
+def profile(device: str, dry: bool, out: Path, say) -> dict:
+    """torch.profiler over a few joint steps (batch 4 + 4, decoder): which kernels and ops take the time,
+    and whether the step waits on the host (CPU time near wall time: launch-bound, a case for CUDA graphs
+    or torch.compile). The table goes to OUT/profile.txt."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    batch, size, n = (1, 64, 1) if dry else (4, 256, 5)
+    engine = _engine(device, size, batch, slices=max(6, 2 * batch + 4))
+    cuda = engine.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(1 if dry else 3):
+        engine.step("joint")
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t = time.perf_counter()
+    with torch_profile(activities=acts) as prof:
+        for _ in range(n):
+            engine.step("joint")
+        sync()
+    wall = (time.perf_counter() - t) / n
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=30)
+    (out / "profile.txt").write_text(table)
+    events = prof.key_averages()
+    res = {"batch": batch, "size": size, "steps": n, "wall_per_step_s (profiled)": round(wall, 4),
+           "ops_per_step": round(sum(e.count for e in events) / n)}
+    if cuda:
+        from torch.autograd import DeviceType
+
+        # device-side events only (kernels, copies): the CPU ops that launched them would count them twice
+        kernels = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA)
+        res["gpu_busy_per_step_s"] = round(kernels / 1e6 / n, 4)
+        res["gpu_busy_fraction"] = round(kernels / 1e6 / n / wall, 3)
+        say(f"profile: {wall * 1e3:.1f} ms a step, GPU busy {res['gpu_busy_fraction']:.0%} of it "
+            f"(lower means the step waits on Python and kernel launches); table in profile.txt")
+    del engine
+    gc.collect()
+    return res
 
 
 def sync_audit(engine, steps: int = 3) -> dict:
