@@ -1,6 +1,6 @@
 """Speed levers for the joint step, A/B side by side in one process, repetitions interleaved.
 
-    python benchmarks/levers.py --batch 1 --reps 9 --levers channels_last fp_unlabeled_only bf16_step
+    python benchmarks/levers.py --batch 1 --reps 9 --levers contiguous_unet fp_unlabeled_only bf16_step
     python benchmarks/levers.py --batch 4 --reps 5 --levers sam_prompts_4
 
 On a machine shared with other work, absolute times drift from minute to minute; comparing a lever
@@ -11,13 +11,15 @@ each repetition, in a fresh random order per repetition, each step on the same d
 median of the per-repetition ratios lever / baseline (paired, so slow minutes cancel).
 
 Levers (none changes the code under test; each is switched on and off around one step):
-  channels_last      the Match model's weights in channels-last layout
+  contiguous_unet    the Match model's weights in the NCHW layout (channels-last on a CPU by default since
+                     2026-12-04, when this lever was ``channels_last`` and measured the other way round)
   fp_unlabeled_only  feature perturbation decoded for the unlabeled half only (``UNet(fp_start=bx)``)
   bf16_step          the whole step under the engine's autocast (SAM too; bf16 where the CPU has it)
   fp32_unet          the Match model without autocast (the engine's default is bf16 on AMX CPUs)
   sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
                      2026-12-04, when this lever was ``sam_train_amp`` and measured the other way round)
   sam_prompts_K      SAM's supervised loss on K randomly chosen ground-truth prompts of the labeled batch
+  a+b                both levers at once
 """
 
 from __future__ import annotations
@@ -59,12 +61,12 @@ def lever(engine, name: str):
 
     if name == "baseline":
         yield
-    elif name == "channels_last":
-        engine.unet.to(memory_format=torch.channels_last)
+    elif name == "contiguous_unet":
+        engine.unet.to(memory_format=torch.contiguous_format)
         try:
             yield
         finally:
-            engine.unet.to(memory_format=torch.contiguous_format)
+            engine.unet.to(memory_format=torch.channels_last)
     elif name == "fp_unlabeled_only":
         saved = engine.train_unet
         engine.train_unet = FpUnlabeledOnly(engine.unet, engine.config.batch_labeled)
@@ -121,7 +123,7 @@ def lever(engine, name: str):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levers", nargs="+", default=["channels_last", "fp_unlabeled_only", "bf16_step"])
+    ap.add_argument("--levers", nargs="+", default=["contiguous_unet", "fp_unlabeled_only", "bf16_step"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--reps", type=int, default=7)
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             engine.rank_gen.manual_seed(rep)
             torch.manual_seed(rep)
             engine.stage_iter = 0  # SAM trains in this step (sam_every 1)
-            with lever(engine, name):
+            with contextlib.ExitStack() as stack:
+                for part in name.split("+"):  # "a+b": both levers at once
+                    stack.enter_context(lever(engine, part))
                 t = time.perf_counter()
                 engine.step("sam" if args.kind == "sam" else "joint")
                 dt = time.perf_counter() - t

@@ -105,3 +105,23 @@ def test_class_map_is_argmax_over_classes_ties_included(classes):
     for p in (scores, probs):  # with the confidence: class_map's labels, ties included, and the top value
         labels, confidence = class_map_and_confidence(p)
         assert torch.equal(labels, class_map(p)) and torch.equal(confidence, p.amax(1))
+
+
+def test_channels_last_weights_give_the_same_model():
+    """The engine keeps the Match model channels-last on a CPU (core.device.unet_memory_format): a layout
+    change only, so the logits and the gradients must be the NCHW model's."""
+    torch.manual_seed(0)
+    net = UNet(num_classes=4, dropout=(0.0,) * 5).train()  # element-wise dropout draws in memory order
+    last = UNet(num_classes=4, dropout=(0.0,) * 5).train()
+    last.load_state_dict(net.state_dict())
+    last.to(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 64, 64)
+    y = torch.randint(0, 4, (2, 64, 64))
+    outs = []
+    for model in (net, last):
+        torch.manual_seed(1)  # the same feature-perturbation masks (one draw per channel)
+        logits, logits_fp = model(x, need_fp=True)
+        supervised_loss(logits, y).backward()
+        outs.append((logits, logits_fp, model.enc[0][0].weight.grad))
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()

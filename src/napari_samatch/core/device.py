@@ -58,6 +58,15 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
+def unet_memory_format(device: torch.device) -> torch.memory_format:
+    """The Match model's weights' layout: channels-last on a CPU, where oneDNN's convolutions then run in
+    their native NHWC layout (the activations follow the weights). Paired on this project's CPU, 2 threads
+    (benchmarks/levers.py, 2026-12-04): the UniMatch step at 4 + 4 0.70x at 256 px and 0.81x at 128 px, the
+    joint step 0.84x at 4 + 4 and 0.92x at 1 + 1. Unmeasured on CUDA (gpu_levers.py has the rung): unchanged.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def set_threads(threads: int) -> None:
     if threads > 0:
         torch.set_num_threads(threads)

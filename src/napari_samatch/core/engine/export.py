@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
+from ..device import unet_memory_format
 from ..errors import CheckpointError
 from ..match.unet import UNet
 
@@ -42,7 +43,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UN
         raise CheckpointError(f"{path} holds no Match model. Export one with 'napari-samatch train --out'.")
     check_state_fits(unet, state, f"The Match model in {path}", f"{config.num_classes}-class UNet",
                      "The file was changed or made by another version; export the model again.")
-    return unet.to(device).eval(), config
+    device = torch.device(device)
+    return unet.to(device, memory_format=unet_memory_format(device)).eval(), config
 
 
 def run_file(path: str | Path, name: str, purpose: str) -> Path:
