@@ -19,6 +19,8 @@ Levers (none changes the code under test; each is switched on and off around one
   sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
                      2026-12-04, when this lever was ``sam_train_amp`` and measured the other way round)
   sam_prompts_K      SAM's supervised loss on K randomly chosen ground-truth prompts of the labeled batch
+  stock_upscaling    SAM's mask upscaling through the decoder's own modules (``core.sam.upscaling``
+                     computes it in the tokens' layout by default since 2026-12-04)
   a+b                both levers at once
 """
 
@@ -74,6 +76,15 @@ def lever(engine, name: str):
             yield
         finally:
             engine.train_unet = saved
+    elif name == "stock_upscaling":
+        from napari_samatch.core.sam import upscaling
+
+        saved = upscaling.fusable
+        upscaling.fusable = lambda module: False
+        try:
+            yield
+        finally:
+            upscaling.fusable = saved
     elif name == "bf16_step":
         with autocast(engine.device, True):
             yield
