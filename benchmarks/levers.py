@@ -18,7 +18,7 @@ Levers (none changes the code under test; each is switched on and off around one
   fp32_unet          the Match model without autocast (the engine's default is bf16 on AMX CPUs)
   sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
                      2026-12-04, when this lever was ``sam_train_amp`` and measured the other way round)
-  sam_prompts_K      SAM's supervised loss on K randomly chosen ground-truth prompts of the labeled batch
+  sam_prompts_K      SAM learns from K random prompts in each of its two losses (``RunConfig.sam_train_prompts``)
   stock_upscaling    SAM's mask upscaling through the decoder's own modules (``core.sam.upscaling``
                      computes it in the tokens' layout by default since 2026-12-04)
   a+b                both levers at once
@@ -59,7 +59,6 @@ class FpUnlabeledOnly(nn.Module):
 def lever(engine, name: str):
     """Switch one lever on for the duration of the block."""
     from napari_samatch.core.device import autocast
-    from napari_samatch.core.sam.prompts import prompts_from_labels
 
     if name == "baseline":
         yield
@@ -105,29 +104,13 @@ def lever(engine, name: str):
             engine.config, engine.refiner.config = saved
     elif name.startswith("sam_prompts_"):
         k = int(name.rsplit("_", 1)[1])
-        refiner = engine.refiner
-        original = refiner.supervised_loss
-
-        def subset_loss(keys, images, labels, generator=None):
-            from napari_samatch.core.sam.refiner import mask_loss
-
-            c = refiner.config
-            prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=c.bbox_shift, points=c.points,
-                                          negative_points=c.negative_points, jitter=True,
-                                          generator=generator).to(refiner.device)
-            if len(prompts) > k:
-                keep = torch.zeros(len(prompts), dtype=torch.bool)
-                keep[torch.randperm(len(prompts), generator=generator)[:k]] = True
-                prompts = prompts.select(keep)
-            emb = refiner.embeddings(keys, images)
-            logits, _ = refiner.decode(emb, prompts)
-            return mask_loss(logits, refiner.targets(labels, prompts))
-
-        refiner.supervised_loss = subset_loss
+        saved = engine.config, engine.refiner.config
+        engine.config = saved[0].replace(sam_train_prompts=k)
+        engine.refiner.config = saved[1].replace(sam_train_prompts=k)
         try:
             yield
         finally:
-            refiner.supervised_loss = original
+            engine.config, engine.refiner.config = saved
     else:
         raise SystemExit(f"levers.py: unknown lever {name!r}")
 

@@ -374,3 +374,41 @@ def test_training_decode_runs_in_bf16_only_when_asked(lite, embeddings, train_am
     lite.zero_grad(set_to_none=True)
     assert logits.dtype == torch.float32 and grads and all(g.dtype == torch.float32 for g in grads)
     assert seen and all(d == (torch.bfloat16 if train_amp else torch.float32) for d in seen)
+
+
+def test_sam_learns_from_a_random_subset_of_prompts_when_asked(lite, embeddings):
+    """``sam_train_prompts``: every prompt is still decoded and fused, but only k of them keep their graph
+    for SAM's losses; the logits are those of the decode with every prompt."""
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.sam.prompts import Prompts
+    from napari_samatch.core.sam.refiner import Refiner
+
+    n = len(IMAGE_INDEX)
+    prompts = Prompts(image_index=IMAGE_INDEX, class_index=torch.ones(n, dtype=torch.long), boxes=BOXES,
+                      points=None, point_labels=None, scores=torch.ones(n), num_images=3, frame_size=(256, 256))
+    probs = torch.full((3, 4, 256, 256), 0.25)
+    match = torch.ones(3, 256, 256, dtype=torch.long)
+    out = {}
+    lite.train(True)
+    try:
+        for k in (0, 2):
+            refiner = Refiner(lite, preset("quick", size=256, device="cpu", sam_train_prompts=k), torch.device("cpu"))
+            refiner.trusted = None
+            g = torch.Generator().manual_seed(0)
+            refined = refiner.refine(probs, [0, 1, 2], torch.zeros(3, 1, 256, 256), prompts=prompts, emb=embeddings,
+                                     generator=g)
+            refiner.unlabeled_loss(refined, match).backward()
+            grads = [p.grad.clone() for p in lite.mask_decoder.parameters() if p.grad is not None]
+            lite.zero_grad(set_to_none=True)
+            out[k] = refined, grads
+    finally:
+        lite.train(False)
+    (every, g_every), (two, g_two) = out[0], out[2]
+    assert every.learned is None and len(two.learned) == 2 < n
+    torch.testing.assert_close(two.mask_logits.detach(), every.mask_logits.detach(), atol=1e-3, rtol=1e-3)
+    assert torch.equal(two.labels, every.labels)
+    assert g_two and len(g_two) == len(g_every)  # SAM still learns, from two prompts' losses
+    # the supervised loss draws its k prompts the same way
+    refiner = Refiner(lite, preset("quick", size=256, device="cpu", sam_train_prompts=1), torch.device("cpu"))
+    assert refiner.learning_subset(n) is not None and len(refiner.learning_subset(n)) == 1
+    assert refiner.learning_subset(1) is None

@@ -86,6 +86,9 @@ class RunConfig:
     # bf16 only: the joint step 0.68-0.79x, SAM fine-tuned on ACDC to the same Dice (0.874 after 100 steps
     # both ways). Not on a GPU, where the step waits on the host (0.158 s against 0.148 s on an H200).
     sam_train_amp: bool = True
+    # At most this many prompts with gradients in each of SAM's two losses per step, drawn at random
+    # (0 = all): each costs its own decoder activations (~0.1 GiB at 256 px) and backward pass.
+    sam_train_prompts: int = 0
     # SAM refines only the classes it segments from ground-truth boxes on the labeled slices with at
     # least this Dice (Refiner.calibrate); the others keep the Match model's label, and so does a class
     # that rings another on most labeled slices (a box cannot outline a ring). 0 = refine all.
@@ -145,6 +148,8 @@ class RunConfig:
         need(self.sam_backend in ("litemedsam", "sam"), "sam_backend", "choose litemedsam or sam")
         need(isinstance(self.sam_every, int) and self.sam_every >= 0, "sam_every",
              "use a whole number >= 0 (0 = SAM only refines in the joint stage, it does not train)")
+        need(isinstance(self.sam_train_prompts, int) and self.sam_train_prompts >= 0, "sam_train_prompts",
+             "use a whole number >= 0 (0 = SAM learns from every prompt of a step)")
         need(0 <= self.sam_unlabeled_weight <= 10, "sam_unlabeled_weight", "use a value in [0, 10]")
         need(0 < self.conf_thresh < 1, "conf_thresh", "use a probability in (0, 1)")
         need(0 <= self.prior_weight <= 1, "prior_weight", "use a weight in [0, 1] (0 = no interpolation prior)")

@@ -293,7 +293,7 @@ class Engine:
             self.refiner.embeddings(iu.tolist(), u)
         self.sam.train(train_sam)
         pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight,
-                                prior=self.prior_of(iu))
+                                prior=self.prior_of(iu), generator=self.rank_gen)
         loss, logs = unimatch_step(self.train_unet, x, y, u, self.rank_gen, c.conf_thresh, pseudo_fn=pseudo,
                                    amp=amp)
         self.opt_unet.zero_grad(set_to_none=True)

@@ -91,7 +91,8 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
 
 
 def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam: bool,
-                   sam_weight: float, prior: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> PseudoFn:
+                   sam_weight: float, prior: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+                   generator: torch.Generator | None = None) -> PseudoFn:
     """SAM-Match's pseudo-label: SAM refines the Match prediction in the slice's own frame.
 
     The weak-view probabilities are warped back to the slice's frame (the inverse affine), refined with
@@ -105,7 +106,7 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
             probs = fuse_prior(probs, *prior)
         # SAM's graph through this decode is kept only when its unlabeled loss will use it
         with torch.set_grad_enabled(train_sam and sam_weight > 0):
-            refined = refiner.refine(probs, keys, u)
+            refined = refiner.refine(probs, keys, u, generator=generator)
         label = warp(refined.labels, theta, mode="nearest", fill=-1)
         conf = warp(refined.confidence[:, None], theta, mode="nearest")[:, 0]
         extra = {}

@@ -63,6 +63,7 @@ class Refined:
     prompts: Prompts
     mask_logits: torch.Tensor   # (P,S,S), with grad when SAM is training
     iou: torch.Tensor           # (P,)
+    learned: torch.Tensor | None = None  # the prompts decoded with grad, when SAM learns from a subset
 
 
 class Refiner:
@@ -175,23 +176,36 @@ class Refiner:
         return dict(self.box_dice)
 
     def refine(self, probs: torch.Tensor, keys: Sequence[int], images: torch.Tensor,
-               prompts: Prompts | None = None, emb: torch.Tensor | None = None) -> Refined:
+               prompts: Prompts | None = None, emb: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> Refined:
         """Refine Match probabilities ``probs`` (B,C,S,S) of the canonical slices ``images``.
 
         Gradients flow into SAM's logits when SAM is in training mode and grad is enabled, so the joint
-        step can reuse this decode for SAM's unlabeled loss instead of decoding twice.
+        step can reuse this decode for SAM's unlabeled loss instead of decoding twice; with
+        ``config.sam_train_prompts`` only a random subset of the prompts (``Refined.learned``) keeps them.
         """
         if prompts is None:
             prompts = self.prompts_for(probs)
         prompts = prompts.to(self.device)
         if emb is None:
             emb = self.embeddings(keys, images)
-        logits, iou = self.decode(emb, prompts)
+        learned = self.learning_subset(len(prompts), generator) if torch.is_grad_enabled() else None
+        if learned is None:
+            logits, iou = self.decode(emb, prompts)
+        else:  # only the prompts SAM learns from keep their activations for the backward pass
+            rest = torch.ones(len(prompts), dtype=torch.bool)
+            rest[learned] = False
+            rest = rest.nonzero()[:, 0]
+            with torch.no_grad():
+                logits_rest, iou_rest = self.decode(emb, prompts.select(rest))
+            logits, iou = self.decode(emb, prompts.select(learned))
+            order = torch.cat([learned, rest]).argsort().to(logits.device)
+            logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
         labels, conf = fuse(logits.detach().float(), prompts, self.config.num_classes,
                             iou_pred=iou.detach().float() if self.config.iou_confidence else None,
                             match_probs=probs.detach().float(),
                             nested=self.config.nested_fusion)
-        return Refined(labels, conf, prompts, logits, iou)
+        return Refined(labels, conf, prompts, logits, iou, learned)
 
     def supervised_loss(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
                         generator: torch.Generator | None = None) -> torch.Tensor:
@@ -201,6 +215,9 @@ class Refiner:
         prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=self.bbox_shift, points=c.points,
                                       negative_points=c.negative_points, jitter=True,
                                       generator=generator).to(self.device)
+        learned = self.learning_subset(len(prompts), generator)
+        if learned is not None:
+            prompts = prompts.select(learned)
         if len(prompts) == 0:
             return images.new_zeros(())
         emb = self.embeddings(keys, images)
@@ -209,10 +226,20 @@ class Refiner:
 
     def unlabeled_loss(self, refined: Refined, match_labels: torch.Tensor) -> torch.Tensor:
         """SAM toward the Match model's prediction on unlabeled slices (the paper weighs this 0.25)."""
-        p = refined.prompts
+        p, logits = refined.prompts, refined.mask_logits
+        if refined.learned is not None:
+            p, logits = p.select(refined.learned), logits[refined.learned.to(logits.device)]
         if len(p) == 0:
             return refined.mask_logits.new_zeros(())
-        return mask_loss(refined.mask_logits, self.targets(match_labels, p))
+        return mask_loss(logits, self.targets(match_labels, p))
+
+    def learning_subset(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Indices of the prompts one of SAM's losses learns from: ``config.sam_train_prompts`` of the ``n``,
+        drawn at random, or None for all of them (then nothing is drawn, so runs without it are unchanged)."""
+        k = self.config.sam_train_prompts
+        if k <= 0 or n <= k:
+            return None
+        return torch.randperm(n, generator=generator)[:k].sort().values
 
     def targets(self, labels: torch.Tensor, prompts: Prompts) -> torch.Tensor:
         """SAM's training target per prompt: its class's mask, hole-filled when ``config.sam_fill_targets``.
