@@ -56,6 +56,21 @@ class FpUnlabeledOnly(nn.Module):
 
 
 @contextlib.contextmanager
+def settings(engine, sam_too: bool = True, **changes):
+    """RunConfig changes for the block: the engine's, and (``sam_too``) the SAM refiner's own copy."""
+    saved = engine.config, engine.refiner.config if sam_too else None
+    engine.config = saved[0].replace(**changes)
+    if sam_too:
+        engine.refiner.config = saved[1].replace(**changes)
+    try:
+        yield
+    finally:
+        engine.config = saved[0]
+        if sam_too:
+            engine.refiner.config = saved[1]
+
+
+@contextlib.contextmanager
 def lever(engine, name: str):
     """Switch one lever on for the duration of the block."""
     from napari_samatch.core.device import autocast
@@ -88,29 +103,14 @@ def lever(engine, name: str):
         with autocast(engine.device, True):
             yield
     elif name == "fp32_unet":
-        saved = engine.config
-        engine.config = saved.replace(amp=False)
-        try:
+        with settings(engine, sam_too=False, amp=False):
             yield
-        finally:
-            engine.config = saved
     elif name == "sam_train_fp32":
-        saved = engine.config, engine.refiner.config
-        engine.config = saved[0].replace(sam_train_amp=False)
-        engine.refiner.config = saved[1].replace(sam_train_amp=False)
-        try:
+        with settings(engine, sam_train_amp=False):
             yield
-        finally:
-            engine.config, engine.refiner.config = saved
     elif name.startswith("sam_prompts_"):
-        k = int(name.rsplit("_", 1)[1])
-        saved = engine.config, engine.refiner.config
-        engine.config = saved[0].replace(sam_train_prompts=k)
-        engine.refiner.config = saved[1].replace(sam_train_prompts=k)
-        try:
+        with settings(engine, sam_train_prompts=int(name.rsplit("_", 1)[1])):
             yield
-        finally:
-            engine.config, engine.refiner.config = saved
     else:
         raise SystemExit(f"levers.py: unknown lever {name!r}")
 

@@ -35,10 +35,10 @@ class PatchUpsample(nn.ConvTranspose2d):
         if x.ndim != 4:
             return super().forward(x, output_size)
         (kh, kw), (b, c, h, w) = self.kernel_size, x.shape
-        out = self.out_channels
-        y = x.permute(0, 2, 3, 1).reshape(-1, c) @ self.weight.reshape(c, out * kh * kw)
-        y = y.view(b, h, w, out, kh, kw).permute(0, 3, 1, 4, 2, 5).reshape(b, out, h * kh, w * kw)
-        return y if self.bias is None else y + self.bias.view(1, out, 1, 1)
+        weight, bias = self.patch_matrix()
+        y = torch.addmm(bias, x.permute(0, 2, 3, 1).reshape(-1, c), weight)
+        y = y.view(b, h, w, kh, kw, self.out_channels).permute(0, 5, 1, 3, 2, 4)
+        return y.reshape(b, self.out_channels, h * kh, w * kw)
 
     def patch_matrix(self) -> tuple[Tensor, Tensor]:
         """Weight (in, kh*kw*out) and bias (kh*kw*out) with each output pixel's channels contiguous."""
