@@ -7,8 +7,9 @@ Start trains once per volume (the `quick` preset, as `volume_completion.py --met
 answer (the Review dock's labels: Match model fused with the painted slices' prior, SAM-refined, gated)
 is recomputed with other priors and with flip test-time augmentation, on the same weights. Training noise
 (up to 0.06 per volume between seeds) is thus out of the comparison. Only the answer changes: the
-pseudo-labels that trained the model came from the default prior. Prints one line per volume and writes
-JSON to --out.
+pseudo-labels that trained the model came from the default prior. The answers here are made in the
+training frame and resized back to the slices (the Review dock's answer before it was made at their own
+size), which is what the variants were compared on. Prints one line per volume and writes JSON to --out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ import volume_completion as vc  # noqa: E402
 
 # (slice_decay, edge_px) of core/prior/interpolation.interpolate_labels; the default is (1.5, 2.0)
 PRIORS = [(3.0, 2.0), (1.5, 1.0), (3.0, 1.0), (1e6, 2.0)]
+
+
+def to_shape(labels, hw) -> np.ndarray:
+    from napari_samatch.core.data.slices import resize_labels_back
+
+    return np.asarray(resize_labels_back(np.asarray(labels, dtype=np.uint8), hw))
 
 
 def prior_variant(engine, slice_decay: float, edge_px: float):
@@ -92,8 +99,8 @@ def main() -> int:
 
         def score(tag: str) -> None:
             out = engine.preview(every)
-            variants[tag] = {"answer": vc.scores(vc.to_shape(out["refined"], hw), labels, rest),
-                             "match": vc.scores(vc.to_shape(out["raw"], hw), labels, rest)}
+            variants[tag] = {"answer": vc.scores(to_shape(out["refined"], hw), labels, rest),
+                             "match": vc.scores(to_shape(out["raw"], hw), labels, rest)}
 
         score("default")
         for decay, edge in PRIORS:

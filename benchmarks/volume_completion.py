@@ -93,12 +93,6 @@ def engine_for(image, painted, picks, **overrides):
     return Engine(data, config)
 
 
-def to_shape(labels, hw) -> np.ndarray:
-    from napari_samatch.core.data.slices import resize_labels_back
-
-    return np.asarray(resize_labels_back(np.asarray(labels, dtype=np.uint8), hw))
-
-
 def run_method(method: str, image, labels, picks, threads: int, seed: int, start_set: dict | None = None) -> dict:
     """One method on one volume: predicted labels (Z,H,W) and extras."""
     import torch
@@ -117,24 +111,26 @@ def run_method(method: str, image, labels, picks, threads: int, seed: int, start
     if method == "sam-interp":
         engine = engine_for(image, painted, picks, threads=threads, seed=seed, warmup_iters=0, joint_iters=0,
                             sam_iters=0)
-        prior_labels = engine.prior[0]
-        probs = torch.nn.functional.one_hot(prior_labels, 4).permute(0, 3, 1, 2).float()
-        with torch.no_grad():
+        every = list(range(len(labels)))
+        onehot = lambda t: torch.nn.functional.one_hot(t, 4).permute(0, 3, 1, 2).float()  # noqa: E731
+        with torch.no_grad():  # boxes from the interpolation in the frame; masks fused at the slices' size
             engine.sam.eval()
             engine.calibrate_sam()
-            refined = engine.refiner.refine(probs, list(range(len(labels))), engine.images)
-        return {"pred": to_shape(refined.labels.cpu().numpy(), hw)}
+            refined = engine.refiner.refine(onehot(engine.prior[0]), every, engine.images,
+                                            answer_probs=onehot(engine.native_prior.of(every)[0]))
+        return {"pred": refined.labels.cpu().numpy().astype(np.uint8)}
     if method == "supervised":
         engine = engine_for(image, painted, picks, threads=threads, seed=seed, method="supervised",
                             warmup_method="supervised", sam_iters=0, joint_iters=0, prior_weight=0.0)
         engine.run()
-        return {"pred": to_shape(engine.predict().argmax(1).cpu().numpy(), hw)}
+        probs = torch.nn.functional.interpolate(engine.predict(), size=hw, mode="bilinear", align_corners=False)
+        return {"pred": probs.argmax(1).cpu().numpy().astype(np.uint8)}  # like `napari-samatch predict`
     if method == "start":
         engine = engine_for(image, painted, picks, threads=threads, seed=seed, **(start_set or {}))
         engine.run()
-        out = engine.preview(list(range(len(labels))))
-        return {"pred": to_shape(out["refined"], hw), "match": to_shape(out["raw"], hw),
-                "prior": to_shape(engine.prior[0].cpu().numpy(), hw), "slice_confidence": out["slice_confidence"]}
+        out = engine.preview(list(range(len(labels))), native=True)  # what the Review dock shows and exports
+        return {"pred": out["refined"], "match": out["raw"], "prior": engine.native_prior.of(range(len(labels)))[0].numpy(),
+                "slice_confidence": out["slice_confidence"]}
     raise SystemExit(f"unknown method {method}")
 
 

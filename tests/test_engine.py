@@ -10,6 +10,7 @@ import torch
 
 from napari_samatch.core.config import preset
 from napari_samatch.core.data.datasets import phantom
+from napari_samatch.core.data.slices import resize_labels_back
 from napari_samatch.core.engine import events as ev
 from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.engine.export import export_model, load_model
@@ -129,6 +130,44 @@ def test_preview_and_refine_with_edited_prompts(sample, full_run):
     assert out["refined"].shape == (64, 64)
     inside = out["refined"][16:41, 16:41]
     assert (out["refined"] == 3).sum() == (inside == 3).sum()  # class 3 only where its box is
+
+
+def test_the_answer_at_the_slices_own_size(sample, full_run):
+    data, vol, picked = sample
+    engine = full_run[0]
+    every = list(range(len(data)))
+    frame, native = engine.preview(every), engine.preview(every, native=True)
+    assert native["raw"].shape == native["refined"].shape == native["confidence"].shape == (8, 96, 96)
+    assert frame["refined"].shape == (8, 64, 64)
+    for key in ("boxes", "class_index", "image_index"):  # the same prompts, in the training frame
+        assert np.array_equal(native["prompts"][key], frame["prompts"][key])
+    assert len(native["slice_confidence"]) == 8
+    # the same answer, not a training-frame label map blown up: mostly equal to the frame's, resized
+    back = resize_labels_back(frame["refined"], (96, 96))
+    assert (native["refined"] == back).mean() > 0.97
+    # the first result, the painted slices' interpolation, holds the painted slices exactly as painted
+    first = engine.prior_preview(every, native=True)
+    assert first["raw"].shape == (8, 96, 96)
+    assert all(np.array_equal(first["raw"][z], vol.labels[z]) for z in picked)
+    box = Prompts(image_index=torch.tensor([0]), class_index=torch.tensor([3]),
+                  boxes=torch.tensor([[16.0, 16.0, 40.0, 40.0]]), points=None, point_labels=None,
+                  scores=torch.ones(1), num_images=1, frame_size=(64, 64))
+    out = engine.refine_with_prompts(data.unlabeled_indices()[0], box, native=True)
+    assert out["refined"].shape == out["confidence"].shape == (96, 96)
+    assert (out["refined"][:22, :] == 3).sum() == 0  # class 3 inside its box (rows 24-60 at 96 px), not above
+
+
+def test_an_answer_at_the_slices_own_size_needs_one_size():
+    from napari_samatch.core.engine.review import native_shape
+
+    class Data:
+        def image_shape(self, i):
+            return (96, 96) if i < 2 else (80, 96)
+
+    engine = type("E", (), {"data": Data()})()
+    assert native_shape(engine, [0, 1]) == (96, 96)
+    with pytest.raises(ValueError, match="one size"):
+        native_shape(engine, [1, 2])
 
 
 def test_export_and_load_model(sample, sam, tmp_path):

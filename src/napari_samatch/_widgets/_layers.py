@@ -86,7 +86,8 @@ def resize_confidence(conf: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def preview_to_display(preview: dict[str, Any], S: int, hw: tuple[int, int]) -> dict[str, Any]:
-    """An engine preview (training frame) -> arrays at ``hw`` and a :class:`PromptTable` (worker thread)."""
+    """An engine preview (training frame, or already at ``hw``) -> arrays at ``hw`` and a :class:`PromptTable`
+    (worker thread); prompts are always in the training frame."""
     indices = [int(i) for i in preview["indices"]]
     raw = resize_labels_back(np.asarray(preview["raw"], dtype=np.uint8), hw)
     refined = preview.get("refined")

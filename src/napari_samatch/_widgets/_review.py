@@ -220,7 +220,7 @@ class ReviewLayers(QObject):
 
         def work():  # worker thread: SAM decode on the cached embedding, then resize for display
             t0 = time.perf_counter()
-            out = engine.refine_with_prompts(index, prompts)
+            out = engine.refine_with_prompts(index, prompts, native=True)
             d = preview_to_display({"indices": [index], "raw": out["refined"][None], "refined": out["refined"][None],
                                     "confidence": out["confidence"][None]}, S, hw)
             # the worker's own time, apart from waiting (for the thread, or for the engine's lock)

@@ -155,7 +155,7 @@ class TrainingJob(QObject):
         chunk = [(start + k) % self.n_slices for k in range(min(PREVIEW_CHUNK, self.n_slices))]
         self._preview_cursor = (start + len(chunk)) % self.n_slices
         self._last_preview = now
-        self.engine.request_preview(sorted(set(chunk)))
+        self.engine.request_preview(sorted(set(chunk)), native=True)
 
     def _display(self, preview: dict) -> dict:
         return preview_to_display(preview, self.engine.config.size, self.hw)
@@ -195,5 +195,5 @@ class TrainingJob(QObject):
                 self._log("Stopped: press 'Update pseudo-labels' in the Review dock to see them.")
                 return
             idx = list(range(start, min(self.n_slices, start + PREVIEW_CHUNK)))
-            data = self._display(engine.preview(idx))
+            data = self._display(engine.preview(idx, native=True))
             self._emit(ev.Event(ev.PSEUDO_LABELS, message=f"Pseudo-labels of slices {idx[0]}-{idx[-1]}", data=data))

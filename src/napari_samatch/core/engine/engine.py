@@ -36,7 +36,7 @@ from ..device import autocast, select_device, set_threads, tune_cpu_allocator, u
 from ..errors import CheckpointError, DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
-from ..prior.prior import slice_prior
+from ..prior.prior import NativePrior, slice_prior
 from ..sam.refiner import Refiner
 from . import distributed, faults, loop, persistence, review
 from . import events as ev
@@ -83,7 +83,7 @@ class Engine:
         self._pause = threading.Event()
         self._stop = threading.Event()
         self.lock = threading.RLock()  # guards the models against the GUI's refine calls
-        self._preview_request: list[int] | None = None
+        self._preview_request: tuple[list[int], bool] | None = None
         self.notes: list[str] = []  # warnings about the data, emitted when the run starts
         self._load_tensors()
         self.validator = Validator(self, val) if val is not None and distributed.is_main() else None
@@ -104,9 +104,10 @@ class Engine:
         if self._refiner is not None:
             self._refiner.sam_images = self.sam_images
         # The painted slices' prior (core/prior); not for data read on demand (a cohort larger than memory)
-        self.prior = None
+        self.prior = self.native_prior = None
         if c.prior_weight > 0 and isinstance(self.labels, torch.Tensor):
             self.prior = slice_prior(self.labels, self.data.groups, self.data.positions, c.num_classes)
+            self.native_prior = NativePrior(self.data, c.num_classes, c.size)  # the answer's, made on demand
         semi = c.method != "supervised" or (c.warmup_iters > 0 and c.warmup_method != "supervised")
         if len(self.unlabeled_idx) == 0 and semi:
             # what runs is what the config (and so metrics.json and the checkpoint) says
@@ -216,15 +217,15 @@ class Engine:
     def paused(self) -> bool:
         return self._pause.is_set()
 
-    def request_preview(self, indices: Sequence[int]) -> None:
+    def request_preview(self, indices: Sequence[int], native: bool = False) -> None:
         """Ask for prompts and pseudo-labels of these slices; they arrive as a PSEUDO_LABELS event."""
-        self._preview_request = list(indices)
+        self._preview_request = (list(indices), native)
 
     def between_steps(self, emit, stage: str) -> None:
         """Between steps (called by the loop): honour stop, pause and preview requests."""
         if self._preview_request is not None and stage == "joint":
-            indices, self._preview_request = self._preview_request, None
-            emit(ev.PSEUDO_LABELS, data=self.preview(indices))
+            (indices, native), self._preview_request = self._preview_request, None
+            emit(ev.PSEUDO_LABELS, data=self.preview(indices, native))
         if self._stop.is_set():
             raise loop.StopRequested
         if self._pause.is_set():
@@ -345,17 +346,17 @@ class Engine:
         """The Match probabilities fused with the painted slices' prior (see core/engine/review.py)."""
         return review.completed_probs(self, indices)
 
-    def prior_preview(self, indices: Sequence[int]) -> dict[str, Any] | None:
+    def prior_preview(self, indices: Sequence[int], native: bool = False) -> dict[str, Any] | None:
         """The prior alone as a preview: the first result a user sees (see core/engine/review.py)."""
-        return review.prior_preview(self, indices)
+        return review.prior_preview(self, indices, native)
 
-    def preview(self, indices: Sequence[int]) -> dict[str, Any]:
-        """What the Review dock shows for some slices (see core/engine/review.py)."""
-        return review.preview(self, indices)
+    def preview(self, indices: Sequence[int], native: bool = False) -> dict[str, Any]:
+        """What the Review dock shows for some slices; ``native``: at their own size (core/engine/review.py)."""
+        return review.preview(self, indices, native)
 
-    def refine_with_prompts(self, index: int, prompts) -> dict[str, np.ndarray]:
+    def refine_with_prompts(self, index: int, prompts, native: bool = False) -> dict[str, np.ndarray]:
         """Re-run SAM on one slice with user-edited prompts (see core/engine/review.py)."""
-        return review.refine_with_prompts(self, index, prompts)
+        return review.refine_with_prompts(self, index, prompts, native)
 
     # ----------------------------------------------------------------- persistence
     def state_payload(self) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def run(engine, on_event: ev.EventCallback | None = None, checkpoint_dir: str | 
                           message, data or {}))
 
     if done_before == 0 and engine.prior is not None:  # the first usable result, before any training
-        first = engine.prior_preview(range(len(engine.data)))
+        every = range(len(engine.data))  # at the slices' own size when they share one (a volume)
+        first = engine.prior_preview(every, native=len({engine.data.image_shape(i) for i in every}) == 1)
         emit(ev.PSEUDO_LABELS, "Interpolation between the painted slices", data=first)
     for note in engine.notes:
         emit(ev.LOG, note, {"level": "warning"})

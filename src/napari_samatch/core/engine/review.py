@@ -12,11 +12,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from ..match.inference import class_map, class_map_and_confidence
 from ..prior.prior import fuse_prior, gate_to_prior
 
-__all__ = ["slice_confidence", "slice_agreement", "review_score", "completed_probs", "prior_preview", "preview",
-           "refine_with_prompts"]
+__all__ = ["slice_confidence", "slice_agreement", "review_score", "completed_probs", "native_shape", "prior_preview",
+           "preview", "refine_with_prompts"]
+
+GATE_MARGIN = 8  # gate_to_prior's margin, in pixels of the training frame
 
 
 def slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -63,10 +67,46 @@ def completed_probs(engine: Any, indices: Sequence[int]) -> torch.Tensor:
     return _fused(engine, engine.predict(indices), indices)
 
 
-def prior_preview(engine: Any, indices: Sequence[int]) -> dict[str, Any] | None:
+def native_shape(engine: Any, indices: Sequence[int]) -> tuple[int, int]:
+    """The one (H, W) of some slices, for an answer at their own size."""
+    shapes = {tuple(engine.data.image_shape(i)) for i in indices}
+    if len(shapes) != 1:
+        raise ValueError(f"An answer at the slices' own size needs slices of one size; got {sorted(shapes)}.")
+    return shapes.pop()
+
+
+class _Answer:
+    """Where an answer is made: the training frame, or the slices' own size (``native``), with its prior and the
+    pixel scale of the frame's pixel-sized rules (the gate's margin)."""
+
+    def __init__(self, engine: Any, indices: list[int], native: bool) -> None:
+        self.shape = native_shape(engine, indices) if native else None
+        if self.shape is None or engine.native_prior is None:
+            self.prior = engine.prior_of(indices)
+            self.scale = 1.0 if self.shape is None else self.shape[0] / engine.config.size
+        else:
+            self.prior = (*engine.native_prior.of(indices), engine.config.prior_weight)
+            self.scale = engine.native_prior.scale(self.shape)
+
+    def probs(self, frame_probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N,C,S,S) of the frame resized to where the answer is made, then fused with its prior."""
+        p = frame_probs
+        if self.shape is not None:
+            p = F.interpolate(p, size=self.shape, mode="bilinear", align_corners=False)
+        if self.prior is None:
+            return p
+        return fuse_prior(p, *(t.to(p.device) for t in self.prior[:2]), self.prior[2])
+
+    def gated(self, labels: np.ndarray) -> np.ndarray:
+        if self.prior is None:
+            return labels
+        return gate_to_prior(labels, self.prior[0].cpu().numpy(), margin=int(round(GATE_MARGIN * self.scale)))
+
+
+def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> dict[str, Any] | None:
     """The prior alone as a preview (the first result a user sees, before any training); None without one."""
     indices = list(indices)
-    prior = engine.prior_of(indices)
+    prior = _Answer(engine, indices, native).prior
     if prior is None:
         return None
     labels, conf = prior[0].cpu().numpy().astype(np.uint8), prior[1].cpu().numpy().astype(np.float32)
@@ -74,44 +114,49 @@ def prior_preview(engine: Any, indices: Sequence[int]) -> dict[str, Any] | None:
             "slice_confidence": slice_confidence(labels, conf).tolist()}
 
 
-def _answer(engine: Any, indices: list[int], probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """SAM-refined labels, their confidence and the prompts from class probabilities (no SAM: the argmax)."""
+def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs: torch.Tensor,
+             prompts=None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """SAM-refined labels, their confidence and the prompts (from the frame's ``probs``), at the size of
+    ``answer_probs``; no SAM: the argmax of ``answer_probs``."""
     if not engine.uses_sam():
-        return probs.argmax(1), probs.max(1).values, None
+        labels, conf = class_map_and_confidence(answer_probs)
+        return labels, conf, None
     if engine.refiner.trusted is None:
         engine.calibrate_sam()
     with engine.lock, torch.no_grad():
         engine.sam.eval()
-        refined = engine.refiner.refine(probs, indices, engine.images[indices])
+        native = answer_probs.shape[-2:] != probs.shape[-2:]
+        refined = engine.refiner.refine(probs, indices, engine.images[indices], prompts=prompts,
+                                        answer_probs=answer_probs if native else None)
     return refined.labels, refined.confidence, refined.prompts
 
 
-def preview(engine: Any, indices: Sequence[int]) -> dict[str, Any]:
-    """Prompts, the raw Match labels, the completed labels (``refined``: the prior fused in, then
-    SAM-refined, then gated to the prior) and their
-    confidence for some slices (numpy); ``slice_confidence`` ranks them."""
+def preview(engine: Any, indices: Sequence[int], native: bool = False) -> dict[str, Any]:
+    """Prompts (training frame), the raw Match labels, the completed labels (``refined``: the prior fused in,
+    then SAM-refined, then gated to the prior) and their confidence for some slices (numpy), in the training
+    frame or, ``native``, at the slices' own size (they must share one); ``slice_confidence`` ranks them."""
     indices = list(indices)
+    where = _Answer(engine, indices, native)
     raw = engine.predict(indices)
-    probs = _fused(engine, raw, indices)
-    out: dict[str, Any] = {"indices": indices, "raw": raw.argmax(1).cpu().numpy().astype(np.uint8)}
-    labels, conf, prompts = _answer(engine, indices, probs)
+    answer_probs = where.probs(raw)
+    raw_labels = raw if where.shape is None else F.interpolate(raw, size=where.shape, mode="bilinear",
+                                                               align_corners=False)
+    out: dict[str, Any] = {"indices": indices, "raw": class_map(raw_labels).cpu().numpy().astype(np.uint8)}
+    labels, conf, prompts = _refined(engine, indices, _fused(engine, raw, indices), answer_probs)
     if prompts is not None:
         out["prompts"] = prompts.to_numpy_dict()
-    labels, conf = labels.cpu().numpy().astype(np.uint8), conf.cpu().numpy().astype(np.float32)
-    prior = engine.prior_of(indices)
-    prior = None if prior is None else prior[0].cpu().numpy()
-    if prior is not None:
-        labels = gate_to_prior(labels, prior)
+    labels = where.gated(labels.cpu().numpy().astype(np.uint8))
+    conf = conf.cpu().numpy().astype(np.float32)
+    prior = None if where.prior is None else where.prior[0].cpu().numpy()
     out.update(refined=labels, confidence=conf,
                slice_confidence=review_score(labels, conf, out["raw"], prior).tolist())
     return out
 
 
-def refine_with_prompts(engine: Any, index: int, prompts) -> dict[str, np.ndarray]:
+def refine_with_prompts(engine: Any, index: int, prompts, native: bool = False) -> dict[str, np.ndarray]:
     """Re-run SAM on one slice with user-edited prompts (the GUI's box edits), from its cached embedding."""
-    with engine.lock, torch.no_grad():
-        engine.sam.eval()
-        probs = completed_probs(engine, [index])
-        refined = engine.refiner.refine(probs, [index], engine.images[[index]], prompts=prompts)
-    return {"refined": refined.labels[0].cpu().numpy().astype(np.uint8),
-            "confidence": refined.confidence[0].cpu().numpy().astype(np.float32)}
+    where = _Answer(engine, [index], native)
+    raw = engine.predict([index])
+    labels, conf, _ = _refined(engine, [index], _fused(engine, raw, [index]), where.probs(raw), prompts=prompts)
+    return {"refined": labels[0].cpu().numpy().astype(np.uint8),
+            "confidence": conf[0].cpu().numpy().astype(np.float32)}

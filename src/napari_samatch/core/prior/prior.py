@@ -8,6 +8,9 @@ early in training (a weak Match model) the boxes come from the interpolation, an
 painted slices (where the prior's confidence is low), from the Match model. Volumes without a painted
 slice (an unlabeled volume of a cohort) get confidence 0: the prior is silent there.
 
+``NativePrior`` is the same interpolation at the slices' own resolution, for the answer a user sees and
+exports (the training frame's prior, from painted slices shrunk to 128 px, lost 0.01-0.02 Dice at k = 5).
+
 The prior also says *where* a structure can be: ``gate_to_prior`` drops the parts of an answer that lie
 away from it (a Match model trained on a few slices finds look-alikes far from the heart on the slices
 farthest from the painted ones).
@@ -16,7 +19,7 @@ farthest from the painted ones).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +28,10 @@ from scipy import ndimage
 
 from .interpolation import interpolate_labels
 
-__all__ = ["slice_prior", "fuse_prior", "gate_to_prior"]
+__all__ = ["slice_prior", "NativePrior", "fuse_prior", "gate_to_prior"]
+
+# interpolate_labels' boundary ramp, in pixels of the training frame (its default)
+EDGE_PX = 2.0
 
 
 def slice_prior(labels: torch.Tensor, groups: Sequence[str], positions: Sequence[int],
@@ -44,10 +50,52 @@ def slice_prior(labels: torch.Tensor, groups: Sequence[str], positions: Sequence
         painted = [z for z in range(len(idx)) if (stack[z] >= 0).all()]
         if not painted:
             continue
-        interp = interpolate_labels(np.clip(stack, 0, None).astype(np.uint8), painted, num_classes)
+        interp = interpolate_labels(np.clip(stack, 0, None).astype(np.uint8), painted, num_classes,
+                                    edge_px=EDGE_PX)
         out[idx], conf[idx] = interp.labels, interp.confidence
     device = labels.device
     return torch.from_numpy(out).to(device), torch.from_numpy(conf).to(device)
+
+
+class NativePrior:
+    """The prior of each volume (a group of slices) at its own resolution, computed once per volume on demand.
+
+    ``data`` is the engine's SliceSet (painted slices: ``labels[i]`` not None); pixel scales that were chosen
+    in the ``frame``-pixel training frame (the boundary ramp) grow with the slices' size."""
+
+    def __init__(self, data: Any, num_classes: int, frame: int) -> None:
+        self.data, self.num_classes, self.frame = data, num_classes, frame
+        self._volumes: dict[str, tuple[dict[int, int], Any]] = {}
+
+    def scale(self, shape: Sequence[int]) -> float:
+        """Native pixels per training-frame pixel (the geometric mean of the two axes)."""
+        return float(np.sqrt(shape[0] * shape[1])) / self.frame
+
+    def of(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prior labels (N,H,W) long and confidence (N,H,W) float of slices of one shape."""
+        labels, conf = [], []
+        for i in indices:
+            group = self.data.groups[i]
+            if group not in self._volumes:
+                self._volumes[group] = self._interpolate(group)
+            where, interp = self._volumes[group]
+            labels.append(interp.labels[where[i]])
+            conf.append(interp.confidence[where[i]])
+        return torch.from_numpy(np.stack(labels).astype(np.int64)), torch.from_numpy(np.stack(conf).astype(np.float32))
+
+    def _interpolate(self, group: str) -> tuple[dict[int, int], Any]:
+        d = self.data
+        members = sorted((i for i, g in enumerate(d.groups) if g == group), key=lambda i: d.positions[i])
+        shape = d.image_shape(members[0])
+        stack = np.zeros((len(members), *shape), np.uint8)
+        painted = []
+        for z, i in enumerate(members):
+            if d.labels[i] is not None:
+                stack[z] = d.labels[i]
+                painted.append(z)
+        interp = interpolate_labels(stack, painted, self.num_classes, edge_px=EDGE_PX * self.scale(shape))
+        interp.confidence = interp.confidence.astype(np.float16)  # half the memory of a large volume's map
+        return {i: z for z, i in enumerate(members)}, interp
 
 
 def fuse_prior(probs: torch.Tensor, prior_labels: torch.Tensor, prior_conf: torch.Tensor,

@@ -152,16 +152,19 @@ class SamBackend(nn.Module, abc.ABC):
         points: Tensor | None = None,
         point_labels: Tensor | None = None,
         frame_size: int = 256,
+        out_size: tuple[int, int] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Decode prompts given in the S x S training frame; return logits (P, S, S) and IoU (P,).
 
         ``image_index[p]`` says which embedding prompt p belongs to; ``boxes`` are xyxy pixels,
-        ``points`` xy pixels with labels 1 (foreground), 0 (background) or -1 (padding).
+        ``points`` xy pixels with labels 1 (foreground), 0 (background) or -1 (padding). ``out_size``
+        (H, W): logits at that size instead (the slices' own, for the answer), straight from SAM's mask.
         """
+        size = tuple(out_size) if out_size is not None else (frame_size, frame_size)
         low, iou = self.decode_lowres(embeddings, image_index, boxes, points, point_labels, frame_size)
         if low.shape[0] == 0:
-            return low.new_zeros((0, frame_size, frame_size)), iou
-        logits = F.interpolate(low, size=(frame_size, frame_size), mode="bilinear", align_corners=False)
+            return low.new_zeros((0, *size)), iou
+        logits = F.interpolate(low, size=size, mode="bilinear", align_corners=False)
         return logits[:, 0], iou
 
     # ------------------------------------------------------------------ fine-tuning

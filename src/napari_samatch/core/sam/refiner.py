@@ -9,7 +9,7 @@ slices' own frame (no augmentation), which is what keeps cached embeddings valid
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -56,7 +56,8 @@ def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
 
 @dataclass
 class Refined:
-    """A refined pseudo-label batch, all in the slices' own S x S frame."""
+    """A refined pseudo-label batch, in the S x S training frame (prompts always; the rest at the slices' own
+    size for an answer, see ``Refiner.refine``)."""
 
     labels: torch.Tensor        # (B,S,S) long
     confidence: torch.Tensor    # (B,S,S) float in [0,1]
@@ -105,8 +106,9 @@ class Refiner:
         return self.cache.embed(list(keys), lambda ks: images[[lookup[k] for k in ks]], self.sam, self.device,
                                 batch_size=batch)
 
-    def decode(self, emb: torch.Tensor, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask logits (P,S,S) and predicted IoU (P,) of each prompt, float32.
+    def decode(self, emb: torch.Tensor, prompts: Prompts,
+               out_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask logits (P,S,S), or (P,H,W) at ``out_size``, and predicted IoU (P,) of each prompt, float32.
 
         A decode without gradients teaches SAM nothing (pseudo-labels of a step where SAM is frozen,
         previews, box edits, the calibration), so it runs under the run's bf16 autocast (``config.amp``,
@@ -116,7 +118,7 @@ class Refiner:
         float32, and SAM fine-tuned on ACDC reached the same Dice (benchmarks/sam_finetune.py, 0.79x its time)."""
         if len(prompts) == 0:
             s = self.config.size
-            return emb.new_zeros((0, s, s)), emb.new_zeros((0,))
+            return emb.new_zeros((0, *(out_size or (s, s)))), emb.new_zeros((0,))
         # Each prompt carries its own copy of the image-side activations (~30 MB at 64 x 64 x 256 per tensor):
         # a preview of every slice decoded at once took a 15-slice volume's run from 2.7 to 3.8 GB.
         # In chunks the peak stays flat; the result is the same (prompts are decoded independently).
@@ -130,7 +132,7 @@ class Refiner:
             part = prompts.select(torch.arange(i, min(i + DECODE_CHUNK, len(prompts))))
             with amp:
                 lg, io = self.sam.decode(emb, part.image_index, part.boxes, part.points, part.point_labels,
-                                         frame_size=self.config.size)
+                                         frame_size=self.config.size, out_size=out_size)
             logits.append(lg.float())
             iou.append(io.float())
         return (logits[0], iou[0]) if len(logits) == 1 else (torch.cat(logits), torch.cat(iou))
@@ -177,8 +179,12 @@ class Refiner:
 
     def refine(self, probs: torch.Tensor, keys: Sequence[int], images: torch.Tensor,
                prompts: Prompts | None = None, emb: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> Refined:
+               generator: torch.Generator | None = None, answer_probs: torch.Tensor | None = None) -> Refined:
         """Refine Match probabilities ``probs`` (B,C,S,S) of the canonical slices ``images``.
+
+        ``answer_probs`` (B,C,H,W), the same probabilities at the slices' own size (no gradients): prompts still
+        come from ``probs``, but SAM's masks are upsampled to (H,W) and fused with ``answer_probs`` there, so the
+        answer is not a training-frame label map blown up (a 128-px round trip alone costs ACDC's truth 0.06 Dice).
 
         Gradients flow into SAM's logits when SAM is in training mode and grad is enabled, so the joint
         step can reuse this decode for SAM's unlabeled loss instead of decoding twice; with
@@ -190,6 +196,13 @@ class Refiner:
         if emb is None:
             emb = self.embeddings(keys, images)
         learned = self.learning_subset(len(prompts), generator) if torch.is_grad_enabled() else None
+        if answer_probs is not None:
+            with torch.no_grad():
+                logits, iou = self.decode(emb, prompts, out_size=tuple(answer_probs.shape[-2:]))
+            labels, conf = fuse(logits, replace(prompts, frame_size=tuple(answer_probs.shape[-2:])),
+                                self.config.num_classes, iou_pred=iou if self.config.iou_confidence else None,
+                                match_probs=answer_probs.float(), nested=self.config.nested_fusion)
+            return Refined(labels, conf, prompts, logits, iou)
         if learned is None:
             logits, iou = self.decode(emb, prompts)
         else:  # only the prompts SAM learns from keep their activations for the backward pass
