@@ -116,13 +116,14 @@ def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> 
 
 def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs: torch.Tensor,
              prompts=None) -> tuple[torch.Tensor, torch.Tensor, Any]:
-    """SAM-refined labels, their confidence and the prompts (from the frame's ``probs``), at the size of
-    ``answer_probs``; no SAM: the argmax of ``answer_probs``."""
-    if not engine.uses_sam():
-        labels, conf = class_map_and_confidence(answer_probs)
-        return labels, conf, None
-    if engine.refiner.trusted is None:
-        engine.calibrate_sam()
+    """SAM-refined labels, their confidence and the prompts (from the frame's ``probs``, or the user's
+    ``prompts``), at the size of ``answer_probs``; no SAM and no user prompts: the argmax of ``answer_probs``."""
+    if prompts is None:
+        if not engine.uses_sam():
+            labels, conf = class_map_and_confidence(answer_probs)
+            return labels, conf, None
+        if engine.refiner.trusted is None:
+            engine.calibrate_sam()
     with engine.lock, torch.no_grad():
         engine.sam.eval()
         native = answer_probs.shape[-2:] != probs.shape[-2:]
