@@ -13,7 +13,8 @@ process, with the resident set size (RSS) and the peak (``ru_maxrss``) recorded 
 4. ``encode``: ``--encode`` slices encoded through that cache (each embedding is 2 MiB in fp16; the whole
    volume would be 600 MiB, or 30 min of encoding on a 2-core CPU), showing that memory stays at the
    budget while the disk takes the rest;
-5. ``predict``: the Match model labels all 300 slices at full resolution, written as NIfTI.
+5. ``answer``: the Review dock's answer for 16 slices, in the training frame and at 512 x 512 (the docks' way);
+6. ``predict``: the Match model labels all 300 slices at full resolution, written as NIfTI.
 
 Prints one line per phase and writes ``benchmarks/results/scale.json``.
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         phase("encode", cache_entries=stats["entries"], in_memory_mib=round(stats["bytes_in_memory"] / 2**20, 1),
               on_disk_mib=round(stats["bytes_on_disk"] / 2**20, 1))
 
-        # 5. predict the whole volume at full resolution and write it
+        # 5. the answer the Review dock shows: one preview chunk of 16 slices around the middle painted one, made
+        # in the training frame and at the slices' own size (the docks' way; its first call interpolates the
+        # painted slices over the whole volume at full resolution); each twice, the first encodes the slices
+        chunk = list(range(painted[1] - 8, painted[1] + 8))
+        times = {}
+        for tag, native in (("frame", False), ("native_first", True), ("frame_again", False), ("native", True)):
+            t0 = time.perf_counter()
+            engine.preview(chunk, native=native)
+            times[f"{tag}_s"] = round(time.perf_counter() - t0, 2)
+        phase("answer", **times)
+
+        # 6. predict the whole volume at full resolution and write it
         seg = predict_volume(engine.unet, vol.image, args.size, device="cpu")
         files = write_mask(tmp / "mask.nii.gz", seg, like=vol)
         phase("predict", mask_mib=round(Path(files[0]).stat().st_size / 2**20, 1) if files else None)
