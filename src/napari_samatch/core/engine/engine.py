@@ -342,10 +342,6 @@ class Engine:
         ix = torch.as_tensor(indices, dtype=torch.long, device=self.prior[0].device)
         return self.prior[0][ix], self.prior[1][ix], self.config.prior_weight
 
-    def completed_probs(self, indices: Sequence[int]) -> torch.Tensor:
-        """The Match probabilities fused with the painted slices' prior (see core/engine/review.py)."""
-        return review.completed_probs(self, indices)
-
     def prior_preview(self, indices: Sequence[int], native: bool = False) -> dict[str, Any] | None:
         """The prior alone as a preview: the first result a user sees (see core/engine/review.py)."""
         return review.prior_preview(self, indices, native)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..match.inference import class_map, class_map_and_confidence
 from ..prior.prior import fuse_prior, gate_to_prior
 
-__all__ = ["slice_confidence", "slice_agreement", "review_score", "completed_probs", "native_shape", "prior_preview",
+__all__ = ["slice_confidence", "slice_agreement", "review_score", "native_shape", "prior_preview",
            "preview", "refine_with_prompts"]
 
 GATE_MARGIN = 8  # gate_to_prior's margin, in pixels of the training frame
@@ -61,12 +61,6 @@ def _fused(engine: Any, probs: torch.Tensor, indices: Sequence[int]) -> torch.Te
     return probs if prior is None else fuse_prior(probs, *prior)
 
 
-def completed_probs(engine: Any, indices: Sequence[int]) -> torch.Tensor:
-    """The Match model's probabilities fused with the painted slices' prior (the Match model alone without
-    a prior): what SAM is prompted from, and the answer where SAM does not refine."""
-    return _fused(engine, engine.predict(indices), indices)
-
-
 def native_shape(engine: Any, indices: Sequence[int]) -> tuple[int, int]:
     """The one (H, W) of some slices, for an answer at their own size."""
     shapes = {tuple(engine.data.image_shape(i)) for i in indices}
@@ -81,21 +75,24 @@ class _Answer:
 
     def __init__(self, engine: Any, indices: list[int], native: bool) -> None:
         self.shape = native_shape(engine, indices) if native else None
-        if self.shape is None or engine.native_prior is None:
-            self.prior = engine.prior_of(indices)
-            self.scale = 1.0 if self.shape is None else self.shape[0] / engine.config.size
-        else:
+        self.prior, self.scale = engine.prior_of(indices), 1.0  # None without a prior (native_prior too)
+        if self.shape is not None and engine.native_prior is not None:
             self.prior = (*engine.native_prior.of(indices), engine.config.prior_weight)
             self.scale = engine.native_prior.scale(self.shape)
 
-    def probs(self, frame_probs: torch.Tensor) -> torch.Tensor:
-        """Probabilities (N,C,S,S) of the frame resized to where the answer is made, then fused with its prior."""
-        p = frame_probs
-        if self.shape is not None:
-            p = F.interpolate(p, size=self.shape, mode="bilinear", align_corners=False)
-        if self.prior is None:
-            return p
-        return fuse_prior(p, *(t.to(p.device) for t in self.prior[:2]), self.prior[2])
+    def resized(self, frame_probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities (N,C,S,S) of the training frame at the size where the answer is made."""
+        if self.shape is None:
+            return frame_probs
+        return F.interpolate(frame_probs, size=self.shape, mode="bilinear", align_corners=False)
+
+    def probs(self, frame_probs: torch.Tensor) -> torch.Tensor | None:
+        """The answer's probabilities, fused with its prior, at its size; None in the training frame (there
+        they are the frame's fused probabilities, which the caller has already)."""
+        if self.shape is None:
+            return None
+        p = self.resized(frame_probs)
+        return p if self.prior is None else fuse_prior(p, *(t.to(p.device) for t in self.prior[:2]), self.prior[2])
 
     def gated(self, labels: np.ndarray) -> np.ndarray:
         if self.prior is None:
@@ -114,21 +111,20 @@ def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> 
             "slice_confidence": slice_confidence(labels, conf).tolist()}
 
 
-def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs: torch.Tensor,
+def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs: torch.Tensor | None,
              prompts=None) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """SAM-refined labels, their confidence and the prompts (from the frame's ``probs``, or the user's
-    ``prompts``), at the size of ``answer_probs``; no SAM and no user prompts: the argmax of ``answer_probs``."""
+    ``prompts``), at the size of ``answer_probs`` (None: the frame's); no SAM and no user prompts: the argmax."""
     if prompts is None:
         if not engine.uses_sam():
-            labels, conf = class_map_and_confidence(answer_probs)
+            labels, conf = class_map_and_confidence(probs if answer_probs is None else answer_probs)
             return labels, conf, None
         if engine.refiner.trusted is None:
             engine.calibrate_sam()
     with engine.lock, torch.no_grad():
         engine.sam.eval()
-        native = answer_probs.shape[-2:] != probs.shape[-2:]
         refined = engine.refiner.refine(probs, indices, engine.images[indices], prompts=prompts,
-                                        answer_probs=answer_probs if native else None)
+                                        answer_probs=answer_probs)
     return refined.labels, refined.confidence, refined.prompts
 
 
@@ -139,11 +135,9 @@ def preview(engine: Any, indices: Sequence[int], native: bool = False) -> dict[s
     indices = list(indices)
     where = _Answer(engine, indices, native)
     raw = engine.predict(indices)
-    answer_probs = where.probs(raw)
-    raw_labels = raw if where.shape is None else F.interpolate(raw, size=where.shape, mode="bilinear",
-                                                               align_corners=False)
-    out: dict[str, Any] = {"indices": indices, "raw": class_map(raw_labels).cpu().numpy().astype(np.uint8)}
-    labels, conf, prompts = _refined(engine, indices, _fused(engine, raw, indices), answer_probs)
+    fused = _fused(engine, raw, indices)
+    out: dict[str, Any] = {"indices": indices, "raw": class_map(where.resized(raw)).cpu().numpy().astype(np.uint8)}
+    labels, conf, prompts = _refined(engine, indices, fused, where.probs(raw))
     if prompts is not None:
         out["prompts"] = prompts.to_numpy_dict()
     labels = where.gated(labels.cpu().numpy().astype(np.uint8))
@@ -158,6 +152,7 @@ def refine_with_prompts(engine: Any, index: int, prompts, native: bool = False) 
     """Re-run SAM on one slice with user-edited prompts (the GUI's box edits), from its cached embedding."""
     where = _Answer(engine, [index], native)
     raw = engine.predict([index])
-    labels, conf, _ = _refined(engine, [index], _fused(engine, raw, [index]), where.probs(raw), prompts=prompts)
+    fused = _fused(engine, raw, [index])
+    labels, conf, _ = _refined(engine, [index], fused, where.probs(raw), prompts=prompts)
     return {"refined": labels[0].cpu().numpy().astype(np.uint8),
             "confidence": conf[0].cpu().numpy().astype(np.float32)}

@@ -195,15 +195,14 @@ class Refiner:
         prompts = prompts.to(self.device)
         if emb is None:
             emb = self.embeddings(keys, images)
-        learned = self.learning_subset(len(prompts), generator) if torch.is_grad_enabled() else None
-        if answer_probs is not None:
+        size = None if answer_probs is None else tuple(answer_probs.shape[-2:])
+        learned = self.learning_subset(len(prompts), generator) if torch.is_grad_enabled() and size is None else None
+        fused_in = prompts  # the prompts as fuse() reads them: its frame is the masks' size
+        if size is not None:  # the answer: no gradients, masks decoded and fused at the slices' own size
             with torch.no_grad():
-                logits, iou = self.decode(emb, prompts, out_size=tuple(answer_probs.shape[-2:]))
-            labels, conf = fuse(logits, replace(prompts, frame_size=tuple(answer_probs.shape[-2:])),
-                                self.config.num_classes, iou_pred=iou if self.config.iou_confidence else None,
-                                match_probs=answer_probs.float(), nested=self.config.nested_fusion)
-            return Refined(labels, conf, prompts, logits, iou)
-        if learned is None:
+                logits, iou = self.decode(emb, prompts, out_size=size)
+            fused_in, probs = replace(prompts, frame_size=size), answer_probs
+        elif learned is None:
             logits, iou = self.decode(emb, prompts)
         else:  # only the prompts SAM learns from keep their activations for the backward pass
             rest = torch.ones(len(prompts), dtype=torch.bool)
@@ -214,7 +213,7 @@ class Refiner:
             logits, iou = self.decode(emb, prompts.select(learned))
             order = torch.cat([learned, rest]).argsort().to(logits.device)
             logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
-        labels, conf = fuse(logits.detach().float(), prompts, self.config.num_classes,
+        labels, conf = fuse(logits.detach().float(), fused_in, self.config.num_classes,
                             iou_pred=iou.detach().float() if self.config.iou_confidence else None,
                             match_probs=probs.detach().float(),
                             nested=self.config.nested_fusion)
