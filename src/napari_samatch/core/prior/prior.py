@@ -61,10 +61,12 @@ class NativePrior:
     """The prior of each volume (a group of slices) at its own resolution, computed once per volume on demand.
 
     ``data`` is the engine's SliceSet (painted slices: ``labels[i]`` not None); pixel scales that were chosen
-    in the ``frame``-pixel training frame (the boundary ramp) grow with the slices' size."""
+    in the ``frame``-pixel training frame (the boundary ramp) grow with the slices' size. ``slice_decay``:
+    interpolate_labels' confidence decay between slices (None: its default), for benchmarks/answer_variants.py."""
 
-    def __init__(self, data: Any, num_classes: int, frame: int) -> None:
+    def __init__(self, data: Any, num_classes: int, frame: int, slice_decay: float | None = None) -> None:
         self.data, self.num_classes, self.frame = data, num_classes, frame
+        self.decay = {} if slice_decay is None else {"slice_decay": slice_decay}
         self._volumes: dict[str, tuple[dict[int, int], Any]] = {}
 
     def scale(self, shape: Sequence[int]) -> float:
@@ -93,7 +95,7 @@ class NativePrior:
             if d.labels[i] is not None:
                 stack[z] = d.labels[i]
                 painted.append(z)
-        interp = interpolate_labels(stack, painted, self.num_classes, edge_px=EDGE_PX * self.scale(shape))
+        interp = interpolate_labels(stack, painted, self.num_classes, edge_px=EDGE_PX * self.scale(shape), **self.decay)
         interp.confidence = interp.confidence.astype(np.float16)  # half the memory of a large volume's map
         return {i: z for z, i in enumerate(members)}, interp
 
