@@ -8,7 +8,8 @@ answer (what the Review dock shows and Export writes: the Match model fused with
 SAM-refined, gated, at the slices' own size) is recomputed with other settings on the same weights, so
 training noise (up to 0.06 per volume between seeds) is out of the comparison. Only the answer changes: the
 pseudo-labels that trained the model came from the default prior. The variants: the prior's weight
-(``prior_weight`` 2, and 1000, which makes the answer the interpolation refined by the trained SAM), its
+(``prior_weight`` 2, and 1000, which makes the answer the interpolation refined by the trained SAM; a run's
+config accepts at most 1, and above it the fused weight, ``weight x confidence`` clipped to 1, saturates), its
 confidence decay between slices (``slice_decay`` 3 and 5 slices; default 1.5), and test-time augmentation of the
 Match model over the eight rotations and mirror images that training draws. ``oracle`` is the best variant
 chosen per volume with the hidden labels: what a perfect per-volume choice could at most buy.

@@ -138,12 +138,11 @@ def test_gate_leaves_a_class_the_prior_shows_as_several_objects():
     assert np.array_equal(gate_to_prior(answer, prior, margin=3), answer)
 
 
-
 def test_the_native_prior_keeps_the_slices_size_and_its_decay_only_changes_confidence():
     from napari_samatch.core.data.datasets import phantom
     from napari_samatch.core.prior.prior import NativePrior
 
-    data, _, labeled = phantom(shape=(8, 96, 96))
+    data, _, _ = phantom(shape=(8, 96, 96))
     every = list(range(len(data)))
     lab, conf = NativePrior(data, data.num_classes, 64).of(every)
     slow_lab, slow_conf = NativePrior(data, data.num_classes, 64, slice_decay=5.0).of(every)
