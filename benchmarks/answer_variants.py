@@ -14,13 +14,14 @@ confidence decay between slices (``slice_decay`` 3 and 5 slices; default 1.5), a
 Match model over the eight rotations and mirror images that training draws. ``oracle`` is the best variant
 chosen per volume with the hidden labels: what a perfect per-volume choice could at most buy.
 
-``--states DIR`` keeps each trained engine (a checkpoint per volume, k and seed) and reuses it on the next run,
+``--states DIR`` keeps each trained engine (a checkpoint per volume, k, seed and ``--set``) and reuses it on the next run,
 so new variants are scored in seconds. One JSON line per volume and k; the means at the end; JSON to --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -59,7 +60,9 @@ def trained_engine(name, image, painted, picks, args, k):
     from napari_samatch.core.engine.persistence import load_state, state_payload
 
     engine = vc.engine_for(image, painted, picks, threads=args.threads, seed=args.seed, **vc.parse_set(args.set))
-    path = Path(args.states) / f"{name}_k{k}_seed{args.seed}.pt" if args.states else None
+    # the overrides name the file too: a state trained with other settings is never reused
+    overrides = "_" + hashlib.sha1(" ".join(sorted(args.set)).encode()).hexdigest()[:8] if args.set else ""
+    path = Path(args.states) / f"{name}_k{k}_seed{args.seed}{overrides}.pt" if args.states else None
     if path is not None and path.exists():
         load_state(engine, torch.load(path, weights_only=False))
         return engine, None
