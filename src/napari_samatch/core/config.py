@@ -251,8 +251,8 @@ PRESETS: dict[str, RunConfig] = {
     # volumes but took the run from 2.7 to 6.5 GB; with sam_every > 0 it trains gently toward filled masks.
     # Boxes 2 px wider than the prediction (the paper's 5 px at 256): 5 px took patient028_frame01 from
     # 0.871 to 0.745, a loose box lets SAM spill into the neighbouring structure.
-    # 60 joint steps: on the 10 val volumes at k = 3 the same mean Dice as 100 (0.843 vs 0.845) in 165 s
-    # instead of 222 s on 2 threads (the limit: 3 minutes).
+    # 60 joint steps: 100 gained nothing on the val volumes never used for choosing (k = 1, 2, 3, 5: -0.008
+    # to +0.006; +0.016-0.018 only on the half the idea came from) for 1.3-1.4x the time (docs/benchmarks.md).
     "quick": RunConfig(size=128, warmup_method="supervised", lr=0.05, warmup_iters=200, sam_iters=0,
                        joint_iters=60, batch_labeled=4, batch_unlabeled=4, eval_every=50, checkpoint_every=50,
                        sam_every=0, sam_lr=1e-5, sam_fill_targets=True, sam_trust_dice=0.8, bbox_shift=2,
