@@ -107,6 +107,14 @@ def test_a_single_slice_run_says_it_trained_supervised(tmp_path):
     assert config["method"] == "supervised" and config["warmup_method"] == "supervised"
 
 
+def test_one_painted_slice_trains_and_says_to_paint_a_second(tmp_path):
+    image, lab = volume_files(tmp_path, labels((5, 32, 32), slices=(2,)))
+    rc, err = cli(["train", "--image", image, "--labels", lab, "--out", tmp_path / "run", *TINY])()
+    assert rc == 0, err
+    assert "warning: Only one slice is painted" in err and "paint a second slice" in err  # under --quiet
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
 def test_quiet_hides_progress_but_not_warnings(capsys):
     printer = console.progress_printer(quiet=True)
     printer(ev.Event(ev.STAGE, message="Stage joint: 3 iterations"))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from napari_samatch.core.prior.interpolation import interpolate_labels, nearest_labels
-from napari_samatch.core.prior.prior import fuse_prior, gate_to_prior, slice_prior
+from napari_samatch.core.prior.prior import fuse_prior, gate_to_prior, one_painted_slice_note, slice_prior
 
 
 def disk(shape, centre, radius):
@@ -151,3 +151,12 @@ def test_the_native_prior_keeps_the_slices_size_and_its_decay_only_changes_confi
     unpainted = [i for i in every if data.labels[i] is None]
     assert unpainted and bool((slow_conf[unpainted] >= conf[unpainted]).all())  # ...trusted longer between slices
     assert float(slow_conf[unpainted].mean()) > float(conf[unpainted].mean())
+
+
+def test_one_painted_slice_of_a_volume_is_called_a_gamble_and_nothing_else_is():
+    vol = ["v"] * 5
+    assert "paint a second slice" in one_painted_slice_note(vol, [False, False, True, False, False])
+    assert one_painted_slice_note(vol, [True, False, False, True, False]) is None  # two painted
+    assert one_painted_slice_note(["v", "v"], [True, False]) is None  # nothing between to guess
+    assert one_painted_slice_note(["a"] * 3 + ["b"] * 3, [True, False, False, True, False, False]) is None  # a cohort
+    assert one_painted_slice_note(["a", "b", "c"], [True, False, False]) is None  # 2D images, one each

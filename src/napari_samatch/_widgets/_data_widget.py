@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import SamatchError
+from ..core.prior.prior import one_painted_slice_note
 from ._controller import get_controller
 from ._notify import notify_error
 
@@ -137,9 +138,10 @@ class DataWidget(QWidget):
                                        "before training; a few well-spread slices work best.")
             self.labeled_label.setStyleSheet(WARN_STYLE)
         else:
+            gamble = one_painted_slice_note(["volume"] * n, [i in labeled for i in range(n)])
             self.labeled_label.setText(f"{len(labeled)} of {n} slices labeled: {', '.join(map(str, labeled))}. "
-                                       "The other slices are unlabeled.")
-            self.labeled_label.setStyleSheet("")
+                                       + (gamble or "The other slices are unlabeled."))
+            self.labeled_label.setStyleSheet(WARN_STYLE if gamble else "")
 
     def _on_saved(self, folder: str) -> None:
         self._show_session()

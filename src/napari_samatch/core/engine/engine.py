@@ -36,7 +36,7 @@ from ..device import autocast, select_device, set_threads, tune_cpu_allocator, u
 from ..errors import CheckpointError, DataError
 from ..match.inference import predict_probs
 from ..match.unet import UNet
-from ..prior.prior import NativePrior, slice_prior
+from ..prior.prior import NativePrior, one_painted_slice_note, slice_prior
 from ..sam.refiner import Refiner
 from . import distributed, faults, loop, persistence, review
 from . import events as ev
@@ -98,6 +98,8 @@ class Engine:
         if len(self.labeled_idx) == 0:
             raise DataError("No slice is labeled. Paint at least one slice (any non-zero label) before training.")
         c = self.config
+        note = one_painted_slice_note(self.data.groups, labeled.tolist())
+        self.notes += [note] if note and note not in self.notes else []
         self.sam_images = self.images
         if c.sam_size and c.sam_size != c.size:
             self.sam_images = training_slices(self.data, c.sam_size, self.device, c.data_budget_mb)[0]
