@@ -43,7 +43,7 @@ def one_painted_slice_note(groups: Sequence[str], labeled: Sequence[bool]) -> st
     painted = [g for g, lab in zip(groups, labeled) if lab]
     if len(painted) != 1 or sum(g == painted[0] for g in groups) < 3:
         return None
-    return ("Only one slice is painted, so this result is a gamble (on real cardiac MRI 3 volumes of 10 came out "
+    return ("Only one slice is painted, so the result is a gamble (on real cardiac MRI 3 volumes of 10 came out "
             "worse than copying that slice): paint a second slice near the other end of the structure for a "
             "dependable one.")
 
