@@ -99,7 +99,8 @@ class Engine:
             raise DataError("No slice is labeled. Paint at least one slice (any non-zero label) before training.")
         c = self.config
         note = one_painted_slice_note(self.data.groups, labeled.tolist())
-        self.notes += [note] if note and note not in self.notes else []
+        if note and note not in self.notes:  # _load_tensors runs again for each round
+            self.notes.append(note)
         self.sam_images = self.images
         if c.sam_size and c.sam_size != c.size:
             self.sam_images = training_slices(self.data, c.sam_size, self.device, c.data_budget_mb)[0]
