@@ -205,23 +205,6 @@ def test_pause_resume_stop_mid_run(docks, qtbot, tiny_sam):
     assert train.start_btn.isEnabled() and not train.stop_btn.isEnabled()
 
 
-def test_one_painted_slice_trains_with_a_warning_to_paint_another(docks, qtbot, tiny_sam):
-    from napari.utils.notifications import notification_manager
-
-    viewer, data, train, review = docks
-    ctl = data.ctl
-    only = ctl.labels_layer.data.copy()
-    only[[6, 9]] = 0
-    ctl.labels_layer.data = only
-    qtbot.waitUntil(lambda: ctl.labeled_slices() == [1], timeout=3000)
-    assert "paint a second slice" in data.labeled_label.text()  # said before Start too
-    run_tiny(qtbot, train, tiny_sam, warmup_iters=2, sam_iters=0, joint_iters=1, warmup_method="supervised")
-    assert "Only one slice is painted" in train.log.toPlainText()
-    said = [r.message for r in notification_manager.records]
-    assert any("paint a second slice" in m for m in said), said[-3:]
-    assert ctl.engine is not None and ctl.engine.stage_index >= 1  # it trained all the same
-
-
 def test_progress_events_are_throttled(docks, qtbot, tiny_sam):
     from napari_samatch.core.engine import events as ev
 

@@ -138,7 +138,8 @@ class DataWidget(QWidget):
                                        "before training; a few well-spread slices work best.")
             self.labeled_label.setStyleSheet(WARN_STYLE)
         else:
-            gamble = one_painted_slice_note(["volume"] * n, [i in labeled for i in range(n)])
+            painted = set(labeled)
+            gamble = one_painted_slice_note(["volume"] * n, [i in painted for i in range(n)])
             self.labeled_label.setText(f"{len(labeled)} of {n} slices labeled: {', '.join(map(str, labeled))}. "
                                        + (gamble or "The other slices are unlabeled."))
             self.labeled_label.setStyleSheet(WARN_STYLE if gamble else "")
