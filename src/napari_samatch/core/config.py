@@ -65,6 +65,10 @@ class RunConfig:
     # refine, without gradients: SAM's decoder backward dominates a joint step on a CPU
     sam_every: int = 1
     conf_thresh: float = 0.95
+    # The Match model ends as the mean of its weights after each joint step (core/match/averaging.py), not the
+    # last ones. Off: the paper keeps the last weights. On in `quick`, where 60 steps at a restarted learning
+    # rate end wherever the last batches left the model.
+    joint_average: bool = False
     # Weight of the painted slices' prior (shape interpolation between them, core/prior) in SAM-Match's
     # pseudo-labels: (1 - w) Match + w prior, with w = prior_weight x the prior's confidence, which fades
     # with the distance to the nearest painted slice. 0 = the paper (the Match model's prediction alone).
@@ -256,7 +260,7 @@ PRESETS: dict[str, RunConfig] = {
     "quick": RunConfig(size=128, warmup_method="supervised", lr=0.05, warmup_iters=200, sam_iters=0,
                        joint_iters=60, batch_labeled=4, batch_unlabeled=4, eval_every=50, checkpoint_every=50,
                        sam_every=0, sam_lr=1e-5, sam_fill_targets=True, sam_trust_dice=0.8, bbox_shift=2,
-                       warmup_fit_dice=0.5),
+                       warmup_fit_dice=0.5, joint_average=True),
     # A good default on a GPU, tolerable on a CPU overnight.
     "standard": RunConfig(size=256, warmup_iters=2000, sam_iters=500, joint_iters=4000, eval_every=500,
                           checkpoint_every=500),

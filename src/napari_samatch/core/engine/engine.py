@@ -34,6 +34,7 @@ from ..data.slices import SliceSet
 from ..data.store import training_slices
 from ..device import autocast, select_device, set_threads, tune_cpu_allocator, unet_memory_format
 from ..errors import CheckpointError, DataError
+from ..match.averaging import WeightAverage
 from ..match.inference import predict_probs
 from ..match.unet import UNet
 from ..prior.prior import NativePrior, one_painted_slice_note, slice_prior
@@ -75,8 +76,8 @@ class Engine:
             self.opt_unet = torch.optim.SGD(self.unet.parameters(), lr=config.lr, momentum=config.momentum,
                                             weight_decay=config.weight_decay)
         self.opt_sam: torch.optim.Optimizer | None = None
-        self.stage_index = 0
-        self.stage_iter = 0
+        self.stage_index = self.stage_iter = 0
+        self.average: WeightAverage | None = None  # the joint stage's mean Match weights, while it runs
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": -1.0, "iteration": 0}
         self.best_state: dict[str, torch.Tensor] | None = None  # validation-best Match weights

@@ -14,6 +14,7 @@ import torch
 from ..checkpoint import check_state_fits
 from ..config import RunConfig
 from ..errors import CheckpointError
+from ..match.averaging import WeightAverage
 from ..sam.base import SamBackend
 from . import distributed
 
@@ -32,6 +33,7 @@ class Resumable(Protocol):
     history: list[dict[str, Any]]
     best: dict[str, Any]
     best_state: dict[str, torch.Tensor] | None
+    average: WeightAverage | None
     gen: torch.Generator
     rank_gen: torch.Generator
 
@@ -54,6 +56,8 @@ def state_payload(engine: Resumable) -> dict[str, Any]:
     }
     if engine.best_state is not None:
         payload["unet_best"] = engine.best_state
+    if engine.average is not None:  # stopped inside the joint stage: its mean so far
+        payload["joint_average"] = engine.average.state()
     if engine.loaded_sam is not None:  # SAM only when it was loaded: a UniMatch run never pays for it
         payload["sam"] = engine.loaded_sam.state_dict()
         if engine.opt_sam is not None:
@@ -78,6 +82,7 @@ def load_state(engine: Resumable, payload: dict[str, Any]) -> None:
     engine.history = list(payload.get("history", []))
     engine.best = dict(payload.get("best", engine.best))
     engine.best_state = payload.get("unet_best")
+    engine.average = WeightAverage.from_state(payload["joint_average"]) if "joint_average" in payload else None
     engine.gen.set_state(payload["gen_state"])
     torch.set_rng_state(payload["torch_rng"])
     if distributed.active():
