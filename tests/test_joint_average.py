@@ -92,8 +92,9 @@ def test_one_painted_slice_keeps_the_last_weights():
         assert torch.equal(value, states[-1][key]), key
 
 
-def test_quick_averages_and_the_paper_keeps_the_last_weights():
-    assert preset("quick").joint_average and not preset("paper").joint_average
+def test_every_preset_keeps_the_last_weights_unless_asked():
+    assert not any(preset(name).joint_average for name in ("quick", "standard", "paper"))
+    assert preset("quick", joint_average=True).joint_average
 
 
 def test_a_stop_keeps_the_mean_so_far_and_the_resume_ends_where_an_uninterrupted_run_does(data, tmp_path):

@@ -66,8 +66,8 @@ class RunConfig:
     sam_every: int = 1
     conf_thresh: float = 0.95
     # The Match model ends as the mean of its weights after each joint step (core/match/averaging.py), not the
-    # last ones, unless only one slice is painted. Off: the paper keeps the last weights. On in `quick`, where
-    # 60 steps at a restarted learning rate end wherever the last batches left the model.
+    # last ones, unless only one slice is painted. Off in every preset: the paper keeps the last weights, and
+    # on ACDC the mean helped at k = 2 and 5 only (see the quick preset's comment).
     joint_average: bool = False
     # Weight of the painted slices' prior (shape interpolation between them, core/prior) in SAM-Match's
     # pseudo-labels: (1 - w) Match + w prior, with w = prior_weight x the prior's confidence, which fades
@@ -257,12 +257,13 @@ PRESETS: dict[str, RunConfig] = {
     # 0.871 to 0.745, a loose box lets SAM spill into the neighbouring structure.
     # 60 joint steps: 100 gained nothing on the val volumes never used for choosing (k = 1, 2, 3, 5: -0.008
     # to +0.006; +0.016-0.018 only on the half the idea came from) for 1.3-1.4x the time (docs/benchmarks.md).
-    # joint_average: the mean of the joint weights gave +0.002 to +0.015 over the last weights on every ACDC run
-    # with two or more painted slices, on the same training runs; with one it lost 0.05, so that keeps the last.
+    # joint_average stays off: on the same training runs the mean of the joint weights gained +0.002 to +0.015
+    # at k = 2 and 5 but nothing at k = 3 (-0.001 on all 20 val volumes), lost on the phantom (-0.000 to -0.005)
+    # and at k = 1 (-0.044) (docs/benchmarks.md, "The joint stage's average").
     "quick": RunConfig(size=128, warmup_method="supervised", lr=0.05, warmup_iters=200, sam_iters=0,
                        joint_iters=60, batch_labeled=4, batch_unlabeled=4, eval_every=50, checkpoint_every=50,
                        sam_every=0, sam_lr=1e-5, sam_fill_targets=True, sam_trust_dice=0.8, bbox_shift=2,
-                       warmup_fit_dice=0.5, joint_average=True),
+                       warmup_fit_dice=0.5),
     # A good default on a GPU, tolerable on a CPU overnight.
     "standard": RunConfig(size=256, warmup_iters=2000, sam_iters=500, joint_iters=4000, eval_every=500,
                           checkpoint_every=500),
