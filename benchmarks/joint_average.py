@@ -5,8 +5,8 @@
 
 Start trains once per volume and k (the `quick` preset, as `volume_completion.py --methods start`) with
 ``joint_average`` off, while a :class:`WeightAverage` follows the joint steps beside it; then the answer (what the
-Review dock shows and Export writes) is made twice on that one run: from the last weights (the paper's, and the
-preset's before 2026-12-05) and from the mean (`--set joint_average=true`, for two or more painted slices). Training noise
+Review dock shows and Export writes) is made twice on that one run: from the last weights (the paper's and the
+preset's) and from the mean (`--set joint_average=true`, for two or more painted slices). Training noise
 is out of the comparison. One JSON line per volume and k; the means at the end; JSON to --out.
 """
 
