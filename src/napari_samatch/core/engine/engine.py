@@ -81,8 +81,7 @@ class Engine:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"score": -1.0, "iteration": 0}
         self.best_state: dict[str, torch.Tensor] | None = None  # validation-best Match weights
-        self._pause = threading.Event()
-        self._stop = threading.Event()
+        self._pause, self._stop = threading.Event(), threading.Event()
         self.lock = threading.RLock()  # guards the models against the GUI's refine calls
         self._preview_request: tuple[list[int], bool] | None = None
         self.notes: list[str] = []  # warnings about the data, emitted when the run starts
