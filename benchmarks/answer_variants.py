@@ -97,14 +97,8 @@ def score_variants(engine, labels, rest) -> dict[str, dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--volumes", default="0", help="comma-separated indices into val.list")
-    ap.add_argument("--k", type=int, nargs="+", default=[5])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--phantom", action="store_true")
-    ap.add_argument("--no-acdc", action="store_true")
+    vc.add_case_arguments(ap)
     ap.add_argument("--states", default="", help="a folder that keeps the trained engines between runs")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", default=str(vc.RESULTS / "answer_variants.json"))
     args = ap.parse_args()
 
@@ -112,19 +106,13 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     rows = []
-    for name, image, labels in vc.load_volumes(argparse.Namespace(no_acdc=args.no_acdc, volumes=args.volumes,
-                                                                   limit=0, phantom=args.phantom)):
-        for k in args.k:
-            picks = vc.painted_slices(labels, k)
-            rest = [z for z in range(len(labels)) if z not in picks]
-            painted = np.zeros_like(labels)
-            painted[picks] = labels[picks]
-            engine, train_s = trained_engine(name, image, painted, picks, args, k)
-            variants = score_variants(engine, labels, rest)
-            dice = {t: round(vc.mean_dice(v["answer"]), 4) for t, v in variants.items()}
-            dice["oracle"] = max(dice.values())
-            rows.append({"volume": name, "k": k, "train_s": train_s, "dice": dice, "variants": variants})
-            print(json.dumps({"volume": name, "k": k, **dice}), flush=True)
+    for name, image, labels, k, picks, rest, painted in vc.painted_cases(args):
+        engine, train_s = trained_engine(name, image, painted, picks, args, k)
+        variants = score_variants(engine, labels, rest)
+        dice = {t: round(vc.mean_dice(v["answer"]), 4) for t, v in variants.items()}
+        dice["oracle"] = max(dice.values())
+        rows.append({"volume": name, "k": k, "train_s": train_s, "dice": dice, "variants": variants})
+        print(json.dumps({"volume": name, "k": k, **dice}), flush=True)
     for k in args.k:
         mine = [r for r in rows if r["k"] == k]
         if mine:

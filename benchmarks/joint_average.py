@@ -45,13 +45,7 @@ def trained_with_average(image, painted, picks, args):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--volumes", default="0", help="comma-separated indices into val.list")
-    ap.add_argument("--k", type=int, nargs="+", default=[5])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--phantom", action="store_true")
-    ap.add_argument("--no-acdc", action="store_true")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other overrides of the quick preset")
+    vc.add_case_arguments(ap)
     ap.add_argument("--out", default=str(vc.RESULTS / "joint_average.json"))
     args = ap.parse_args()
 
@@ -59,24 +53,18 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     rows = []
-    for name, image, labels in vc.load_volumes(argparse.Namespace(no_acdc=args.no_acdc, volumes=args.volumes,
-                                                                   limit=0, phantom=args.phantom)):
-        for k in args.k:
-            picks = vc.painted_slices(labels, k)
-            rest = [z for z in range(len(labels)) if z not in picks]
-            painted = np.zeros_like(labels)
-            painted[picks] = labels[picks]
-            engine, average, train_s = trained_with_average(image, painted, picks, args)
-            row = {"volume": name, "k": k, "seed": args.seed, "train_s": round(train_s, 1)}
-            for tag in ("last", "mean"):
-                if tag == "mean":
-                    average.apply(engine.unet)
-                answer = engine.preview(list(range(len(labels))), native=True)
-                row[tag] = {"answer": vc.scores(answer["refined"], labels, rest),
-                            "match": vc.scores(answer["raw"], labels, rest)}
-            rows.append(row)
-            print(json.dumps({"volume": name, "k": k, "train_s": row["train_s"],
-                              **{t: round(vc.mean_dice(row[t]["answer"]), 4) for t in ("last", "mean")}}), flush=True)
+    for name, image, labels, k, picks, rest, painted in vc.painted_cases(args):
+        engine, average, train_s = trained_with_average(image, painted, picks, args)
+        row = {"volume": name, "k": k, "seed": args.seed, "train_s": round(train_s, 1)}
+        for tag in ("last", "mean"):
+            if tag == "mean":
+                average.apply(engine.unet)
+            answer = engine.preview(list(range(len(labels))), native=True)
+            row[tag] = {"answer": vc.scores(answer["refined"], labels, rest),
+                        "match": vc.scores(answer["raw"], labels, rest)}
+        rows.append(row)
+        print(json.dumps({"volume": name, "k": k, "train_s": row["train_s"],
+                          **{t: round(vc.mean_dice(row[t]["answer"]), 4) for t in ("last", "mean")}}), flush=True)
     for k in args.k:
         mine = [r for r in rows if r["k"] == k]
         if mine:

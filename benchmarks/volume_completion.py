@@ -73,6 +73,30 @@ def load_volumes(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return vols
 
 
+
+def add_case_arguments(ap) -> None:
+    """The volumes, k, seed and overrides of a script that trains Start once per case (answer_variants.py,
+    joint_average.py); ``painted_cases`` reads them."""
+    ap.add_argument("--volumes", default="0", help="comma-separated indices into val.list")
+    ap.add_argument("--k", type=int, nargs="+", default=[5])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--phantom", action="store_true")
+    ap.add_argument("--no-acdc", action="store_true")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the quick preset")
+    ap.set_defaults(limit=0)
+
+
+def painted_cases(args):
+    """Each volume and k of ``args``: name, image, labels, k, the painted slices, the other (scored) slices, and
+    the labels with only the painted slices kept."""
+    for name, image, labels in load_volumes(args):
+        for k in args.k:
+            picks = painted_slices(labels, k)
+            painted = np.zeros_like(labels)
+            painted[picks] = labels[picks]
+            yield name, image, labels, k, picks, [z for z in range(len(labels)) if z not in picks], painted
+
 # ------------------------------------------------------------------------------------------ methods
 def itk_interpolation(painted: np.ndarray) -> np.ndarray:
     import itk

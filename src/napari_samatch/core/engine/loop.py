@@ -126,11 +126,7 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
         if engine.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
             if calibrate:  # SAM has been learning: which classes it may refine can change
                 calibrate()
-            metrics = engine.validator.evaluate(with_pseudo=samatch)
-            metrics.update(stage=name, iteration=it, global_iteration=state["global"])
-            engine.history.append(metrics)
-            engine.track_best(metrics)
-            emit(ev.METRICS, data=metrics)
+            validate(engine, emit, samatch, name, it, state["global"])
         if ckpt_dir and c.checkpoint_every and it % c.checkpoint_every == 0 and it < n:
             faults.periodic_save(engine, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
     if name == "joint" and engine.average is not None:
@@ -145,11 +141,16 @@ def finish_average(engine, emit, state: dict) -> None:
     count, engine.average = engine.average.count, None
     emit(ev.LOG, f"The Match model is the mean of its weights over the {count} joint steps")
     if engine.validator and engine.config.eval_every:
-        metrics = engine.validator.evaluate(with_pseudo=engine.config.method == "samatch")
-        metrics.update(stage="joint average", iteration=state["iter"], global_iteration=state["global"])
-        engine.history.append(metrics)
-        engine.track_best(metrics)
-        emit(ev.METRICS, data=metrics)
+        validate(engine, emit, engine.config.method == "samatch", "joint average", state["iter"], state["global"])
+
+
+def validate(engine, emit, with_pseudo: bool, stage: str, iteration: int, global_iteration: int) -> None:
+    """Score the Match model on the held-out slices; into the history, the best weights and an event."""
+    metrics = engine.validator.evaluate(with_pseudo=with_pseudo)
+    metrics.update(stage=stage, iteration=iteration, global_iteration=global_iteration)
+    engine.history.append(metrics)
+    engine.track_best(metrics)
+    emit(ev.METRICS, data=metrics)
 
 
 MAX_REFITS = 2
