@@ -26,8 +26,10 @@ pytestmark = pytest.mark.skipif(not (ACDC / "val.list").is_file(), reason=f"ACDC
 # benchmark gave 0.895 and 0.850. patient082_frame02 was dropped: +0.045 on one thread but +0.006 on two.
 # Re-checked 2026-12-04 on a quiet machine (commit e56d805): 0.714 -> 0.879 (96 s), 0.629 -> 0.853 (86 s); the
 # warm-up refit fires on neither, so a slow CI run here is the machine's load, not a longer schedule.
+# With conf_thresh 0.8 (2026-12-05, same machine, same hour): 0.864 (81 s) and 0.831 (71 s); the old 0.95 gave
+# 0.864 and 0.802 (benchmarks/volume_completion.py --volumes 3,7 --k 3 --threads 2 --set conf_thresh=0.95).
 VOLUMES = ("patient085_frame02", "patient087_frame02")
-MIN_GAIN = 0.08  # issue 15's goal over the interpolation; headroom 0.08 and 0.14
+MIN_GAIN = 0.08  # issue 15's goal over the interpolation; headroom 0.07 and 0.12
 SHORT = {"threads": 2}  # the quick preset as the docks run it
 
 
