@@ -21,6 +21,10 @@ Levers (none changes the code under test; each is switched on and off around one
   sam_prompts_K      SAM learns from K random prompts in each of its two losses (``RunConfig.sam_train_prompts``)
   stock_upscaling    SAM's mask upscaling through the decoder's own modules (``core.sam.upscaling``
                      computes it in the tokens' layout by default since 2026-12-04)
+  nchw_tokens        SAM's decoder given its image embeddings and positional encoding as NCHW, as before
+                     2026-12-05 (``core.sam.base.token_major`` stores them channels-last)
+  compiled_unet      the Match model through ``torch.compile`` (inductor; on a CPU it needs a C++ compiler;
+                     compiled once, in the first warm-up repetition, so the warm-ups absorb it)
   a+b                both levers at once
 """
 
@@ -99,6 +103,24 @@ def lever(engine, name: str):
             yield
         finally:
             upscaling.fusable = saved
+    elif name == "nchw_tokens":
+        from napari_samatch.core.sam import base
+
+        saved = base.token_major
+        base.token_major = lambda x: x
+        try:
+            yield
+        finally:
+            base.token_major = saved
+    elif name == "compiled_unet":
+        saved = engine.train_unet
+        if not hasattr(engine, "_compiled_unet"):  # one compiled module for every repetition
+            engine._compiled_unet = torch.compile(engine.unet)
+        engine.train_unet = engine._compiled_unet
+        try:
+            yield
+        finally:
+            engine.train_unet = saved
     elif name == "bf16_step":
         with autocast(engine.device, True):
             yield

@@ -30,6 +30,14 @@ from .upscaling import PatchUpsample, upscale_masks
 MODES = ("decoder", "full")
 
 
+def token_major(x: Tensor) -> Tensor:
+    """``x`` (B, C, h, w) stored channels-last, so that the two-way transformer's ``flatten(2).permute(0, 2, 1)``
+    is a contiguous (B, h*w, C) view. From NCHW that view is transposed, and every positional-encoding add,
+    autocast cast and projection of the image tokens after it walked memory across the grain (on a CPU,
+    a third of the joint step; docs/benchmarks.md, "The image tokens' layout")."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def check_mode(mode: str) -> str:
     """Return ``mode`` if it is a known fine-tuning mode, else raise ConfigError."""
     if mode not in MODES:
@@ -133,8 +141,8 @@ class SamBackend(nn.Module, abc.ABC):
         sparse, dense = self.prompt_encoder(points=pts, boxes=bx, masks=None)
 
         md = self.mask_decoder
-        src = embeddings[image_index.to(dev)] + dense
-        pos = self.prompt_encoder.get_dense_pe()  # (1, C, h, w): broadcasts over prompts, no copy
+        src = token_major(embeddings[image_index.to(dev)] + dense)
+        pos = token_major(self.prompt_encoder.get_dense_pe())  # (1, C, h, w): broadcasts over prompts
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse.to(out_tokens.dtype)], dim=1)
         hs, src = md.transformer(src, pos, tokens)
