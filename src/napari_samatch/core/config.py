@@ -90,6 +90,11 @@ class RunConfig:
     # bf16 only: the joint step 0.68-0.79x, SAM fine-tuned on ACDC to the same Dice (0.874 after 100 steps
     # both ways). Not on a GPU, where the step waits on the host (0.158 s against 0.148 s on an H200).
     sam_train_amp: bool = True
+    # SAM's image encoder under the run's bf16 autocast where it only encodes (decoder mode: the cached
+    # embeddings of every slice), on devices with fast bf16; `full` mode trains the encoder in float32.
+    # Off: 0.72x the encode time on this project's CPU, but masks from ground-truth boxes on 205 ACDC slices
+    # lost 0.010 LV Dice (docs/benchmarks.md, "The image encoder in bf16"); for very large volumes only.
+    sam_encode_amp: bool = False
     # At most this many prompts with gradients in each of SAM's two losses per step, drawn at random
     # (0 = all): each costs its own decoder activations (~0.1 GiB at 256 px) and backward pass.
     sam_train_prompts: int = 0

@@ -1,0 +1,60 @@
+"""SAM's numerics and layouts on the CPU: the image tokens handed to the decoder's transformer, and the image
+encoder's precision in decoder mode (``sam_encode_amp``). The real bundled LiteMedSAM weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_samatch.core.config import preset
+from napari_samatch.core.device import cpu_has_fast_bf16
+from napari_samatch.core.sam import base, load_sam
+from napari_samatch.core.sam.refiner import Refiner
+
+torch.set_num_threads(1)
+
+IMAGE_INDEX = torch.tensor([0, 0, 1, 1])
+BOXES = torch.tensor([[30, 40, 120, 150], [100, 100, 200, 220], [10, 10, 60, 80], [0, 0, 255, 255]],
+                     dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return load_sam("litemedsam")
+
+
+def test_token_major_is_the_transformers_contiguous_view():
+    """Channels-last embeddings make the two-way transformer's ``flatten(2).permute(0, 2, 1)`` contiguous."""
+    x = torch.randn(3, 256, 8, 8)
+    tokens = base.token_major(x).flatten(2).permute(0, 2, 1)
+    assert tokens.is_contiguous()
+    assert torch.equal(tokens, x.flatten(2).permute(0, 2, 1))
+
+
+def test_decode_is_the_same_with_either_token_layout(lite, monkeypatch):
+    """The layout changes memory order only: float32 logits and IoU as from NCHW tokens, to float32 noise."""
+    emb = 0.5 * torch.randn(2, 256, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, iou = lite.decode(emb, IMAGE_INDEX, boxes=BOXES)
+        monkeypatch.setattr(base, "token_major", lambda x: x)
+        old_logits, old_iou = lite.decode(emb, IMAGE_INDEX, boxes=BOXES)
+    assert torch.allclose(logits, old_logits, atol=1e-3, rtol=0)
+    assert torch.allclose(iou, old_iou, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("encode_amp", [False, True])
+def test_decoder_mode_encodes_in_bf16_only_when_asked(lite, encode_amp):
+    """``sam_encode_amp``: the cached embeddings come from an encoder under bf16 autocast when asked (on a CPU
+    with fast bf16), float32 otherwise; either way the cache hands back float32 embeddings."""
+    if encode_amp and not cpu_has_fast_bf16():
+        pytest.skip("this CPU has no fast bf16, so autocast stays float32")
+    config = preset("quick", size=64, device="cpu", sam_encode_amp=encode_amp)
+    refiner = Refiner(lite, config, torch.device("cpu"))
+    seen = []
+    hook = lite.image_encoder.neck[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    try:
+        emb = refiner.embeddings([0, 1], torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1)))
+    finally:
+        hook.remove()
+    assert emb.dtype == torch.float32 and emb.shape == (2, 256, 64, 64)
+    assert seen == [torch.bfloat16 if encode_amp else torch.float32] * 2
