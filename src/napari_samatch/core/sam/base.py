@@ -33,8 +33,8 @@ MODES = ("decoder", "full")
 def token_major(x: Tensor) -> Tensor:
     """``x`` (B, C, h, w) stored channels-last, so that the two-way transformer's ``flatten(2).permute(0, 2, 1)``
     is a contiguous (B, h*w, C) view. From NCHW that view is transposed, and every positional-encoding add,
-    autocast cast and projection of the image tokens after it walked memory across the grain (on a CPU,
-    a third of the joint step; docs/benchmarks.md, "The image tokens' layout")."""
+    autocast cast and projection of the image tokens after it walked memory across the grain (on a CPU
+    the joint step took 1.05-1.08x as long; docs/benchmarks.md, "The image tokens' layout")."""
     return x.contiguous(memory_format=torch.channels_last)
 
 
