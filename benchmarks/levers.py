@@ -37,6 +37,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -88,39 +89,23 @@ def lever(engine, name: str):
         finally:
             engine.unet.to(memory_format=torch.channels_last)
     elif name == "fp_unlabeled_only":
-        saved = engine.train_unet
-        engine.train_unet = FpUnlabeledOnly(engine.unet, engine.config.batch_labeled)
-        try:
+        with mock.patch.object(engine, "train_unet", FpUnlabeledOnly(engine.unet, engine.config.batch_labeled)):
             yield
-        finally:
-            engine.train_unet = saved
     elif name == "stock_upscaling":
         from napari_samatch.core.sam import upscaling
 
-        saved = upscaling.fusable
-        upscaling.fusable = lambda module: False
-        try:
+        with mock.patch.object(upscaling, "fusable", lambda module: False):
             yield
-        finally:
-            upscaling.fusable = saved
     elif name == "nchw_tokens":
         from napari_samatch.core.sam import base
 
-        saved = base.token_major
-        base.token_major = lambda x: x
-        try:
+        with mock.patch.object(base, "token_major", lambda x: x):
             yield
-        finally:
-            base.token_major = saved
     elif name == "compiled_unet":
-        saved = engine.train_unet
         if not hasattr(engine, "_compiled_unet"):  # one compiled module for every repetition
             engine._compiled_unet = torch.compile(engine.unet)
-        engine.train_unet = engine._compiled_unet
-        try:
+        with mock.patch.object(engine, "train_unet", engine._compiled_unet):
             yield
-        finally:
-            engine.train_unet = saved
     elif name == "bf16_step":
         with autocast(engine.device, True):
             yield
