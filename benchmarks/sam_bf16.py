@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{n} {statistics.median(v):.3f} s [{min(v):.3f}, {max(v):.3f}]" for n, v in times.items())
         + f"; ratio {statistics.median(times['autocast']) / statistics.median(times['float32']):.2f}")
     m32, m16 = l32 > 0, l16 > 0
-    agree = [float(2 * (a & b).sum() / (a.sum() + b.sum()).clamp(min=1)) for a, b in zip(m32, m16)]
+    agree = [_dice(a, b) for a, b in zip(m32, m16)]
     print(f"{len(prompts)} prompts; mask Dice float32 vs autocast per prompt: {np.round(agree, 4).tolist()}")
     print(f"pixels that differ: {int((m32 != m16).sum())} of {m32.numel()}; "
           f"largest logit difference {float((l32 - l16).abs().max()):.3f}")

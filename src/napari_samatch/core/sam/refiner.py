@@ -103,8 +103,7 @@ class Refiner:
         lookup = {k: i for i, k in enumerate(keys)}
         # On a CPU, batching the encoder buys no speed but multiplies its ~0.6 GB of activations per slice.
         batch = 16 if self.device.type == "cuda" else 1
-        amp = autocast(self.device, self.config.amp and self.config.sam_encode_amp)
-        with amp:
+        with autocast(self.device, self.config.amp and self.config.sam_encode_amp):
             return self.cache.embed(list(keys), lambda ks: images[[lookup[k] for k in ks]], self.sam,
                                     self.device, batch_size=batch)
 
