@@ -3,6 +3,7 @@
     python benchmarks/volume_completion.py                       # 20 ACDC val volumes, k = 1 2 3 5, all methods
     python benchmarks/volume_completion.py --limit 4 --k 3       # a quick look
     python benchmarks/volume_completion.py --phantom             # the bundled phantom as well
+    python benchmarks/volume_completion.py --ids held-out --k 3  # ten ACDC training volumes never used for choosing
 
 For each volume and k, the painted slices are the centres of k equal runs of the slices that hold any
 structure (k = 1: the middle one); the other slices' labels are hidden and used only for scoring. Methods,
@@ -42,6 +43,12 @@ RESULTS = REPO / "benchmarks" / "results"
 ACDC = REPO.parent / "shared" / "data" / "ACDC"
 METHODS = ("nearest", "interp", "itk", "sam-interp", "supervised", "start")
 NAMES = ["background", "RV", "Myo", "LV"]
+# Ten ACDC training volumes, two of each of ACDC's five groups (patients 1-20 dilated cardiomyopathy, 21-40
+# hypertrophic, 41-60 infarction, 61-80 normal, 81-100 abnormal right ventricle), end-diastole and end-systole
+# alternating: never used for choosing anything, so they check the default as the withheld volumes will.
+HELD_OUT = ("patient005_frame01", "patient016_frame02", "patient025_frame01", "patient036_frame02",
+            "patient046_frame01", "patient057_frame02", "patient067_frame01", "patient076_frame02",
+            "patient090_frame01", "patient097_frame02")
 
 
 def painted_slices(labels: np.ndarray, k: int) -> list[int]:
@@ -52,19 +59,37 @@ def painted_slices(labels: np.ndarray, k: int) -> list[int]:
     return sorted({int(held[int((i + 0.5) * len(held) / k)]) for i in range(k)})
 
 
-def load_volumes(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def read_acdc_volume(vid: str) -> tuple[np.ndarray, np.ndarray]:
+    """A val volume from ``data/<id>.h5``; a training volume stacked from its ``data/slices/<id>_slice_<n>.h5``
+    files in slice-number order (the SSL4MIS layout keeps training volumes only as slices)."""
     import h5py
 
+    whole = ACDC / "data" / f"{vid}.h5"
+    if whole.is_file():
+        with h5py.File(whole) as f:
+            return f["image"][:].astype(np.float32), f["label"][:].astype(np.uint8)
+    files = sorted((ACDC / "data" / "slices").glob(f"{vid}_slice_*.h5"), key=lambda p: int(p.stem.rpartition("_")[2]))
+    if not files:
+        sys.exit(f"no volume {vid} in {ACDC / 'data'}")
+    planes = []
+    for path in files:
+        with h5py.File(path) as f:
+            planes.append((f["image"][:].astype(np.float32), f["label"][:].astype(np.uint8)))
+    return np.stack([im for im, _ in planes]), np.stack([lb for _, lb in planes])
+
+
+def load_volumes(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
     vols = []
     if not args.no_acdc:
         if not (ACDC / "val.list").is_file():
             sys.exit(f"ACDC not found at {ACDC}: put ../shared/data beside the project, or pass --no-acdc --phantom.")
         ids = (ACDC / "val.list").read_text().split()
+        if getattr(args, "ids", ""):
+            ids = list(HELD_OUT) if args.ids == "held-out" else args.ids.split(",")
         if args.volumes:
             ids = [ids[int(i)] for i in args.volumes.split(",")]
         for vid in ids[: args.limit or None]:
-            with h5py.File(ACDC / "data" / f"{vid}.h5") as f:
-                vols.append((vid, f["image"][:].astype(np.float32), f["label"][:].astype(np.uint8)))
+            vols.append((vid, *read_acdc_volume(vid)))
     if args.phantom:
         from napari_samatch.core.data.sample import make_cardiac_phantom
 
@@ -77,7 +102,8 @@ def load_volumes(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
 def add_case_arguments(ap) -> None:
     """The volumes, k, seed and overrides of a script that trains Start once per case (answer_variants.py,
     joint_average.py); ``painted_cases`` reads them."""
-    ap.add_argument("--volumes", default="0", help="comma-separated indices into val.list")
+    ap.add_argument("--volumes", default="0", help="comma-separated indices into val.list (or --ids)")
+    ap.add_argument("--ids", default="", help="volume ids instead of val.list, or 'held-out' (HELD_OUT)")
     ap.add_argument("--k", type=int, nargs="+", default=[5])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -281,7 +307,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5])
     ap.add_argument("--limit", type=int, default=0, help="first N val volumes (0 = all 20)")
-    ap.add_argument("--volumes", default="", help="comma-separated indices into val.list")
+    ap.add_argument("--volumes", default="", help="comma-separated indices into val.list (or into --ids)")
+    ap.add_argument("--ids", default="", help="comma-separated ACDC volume ids instead of val.list (training "
+                    "volumes are stacked from their slices), or 'held-out': the ten training volumes of HELD_OUT")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--phantom", action="store_true", help="add the bundled phantom")
     ap.add_argument("--no-acdc", action="store_true")
@@ -306,6 +334,7 @@ def main() -> int:
             methods.remove("itk")
     base = [sys.executable, __file__, "--k", *map(str, args.k), "--limit", str(args.limit), "--threads",
             str(args.threads), "--seed", str(args.seed), "--set", *args.set] + (["--volumes", args.volumes] if args.volumes else []) \
+        + (["--ids", args.ids] if args.ids else []) \
         + (["--phantom"] if args.phantom else []) + (["--no-acdc"] if args.no_acdc else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results, running, todo = {}, [], list(methods)
