@@ -267,9 +267,8 @@ class Engine:
         method = c.warmup_method if stage == "warmup" else c.method
         if stage == "sam":
             self.sam.train()
-            loss = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.rank_gen)
             self.opt_sam.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self.refiner.learn_labeled(ix.tolist(), x, y, generator=self.rank_gen)  # backpropagated
             distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
             return {"loss": loss.item(), "loss_sam_x": loss.item()}
@@ -296,19 +295,17 @@ class Engine:
         if not self.refiner.trains_encoder:  # encode new slices before the UNet's graph exists: peaks don't add
             self.refiner.embeddings(iu.tolist(), u)
         self.sam.train(train_sam)
+        if train_sam:  # SAM's losses are backpropagated as they are computed (Refiner.learn)
+            self.opt_sam.zero_grad(set_to_none=True)
         pseudo = samatch_pseudo(self.refiner, iu.tolist(), u, train_sam=train_sam, sam_weight=c.sam_unlabeled_weight,
                                 prior=self.prior_of(iu), generator=self.rank_gen)
         loss, logs = unimatch_step(self.train_unet, x, y, u, self.rank_gen, c.conf_thresh, pseudo_fn=pseudo,
                                    amp=amp)
         self.opt_unet.zero_grad(set_to_none=True)
-        if train_sam:
-            loss_sam_x = self.refiner.supervised_loss(ix.tolist(), x, y, generator=self.rank_gen)
-            self.opt_sam.zero_grad(set_to_none=True)
-            loss = loss + loss_sam_x
-            logs["loss_sam_x"] = loss_sam_x.item()
-        loss.backward()  # the one backward of the step: DDP all-reduces the UNet's gradients here
+        loss.backward()  # the Match model's one backward: DDP all-reduces its gradients here
         self.opt_unet.step()
-        if train_sam:
+        if train_sam:  # after the Match model's backward, so that its graph and SAM's are never alive together
+            logs["loss_sam_x"] = self.refiner.learn_labeled(ix.tolist(), x, y, generator=self.rank_gen).item()
             distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
         return logs

@@ -19,7 +19,8 @@ from ..match.unet import UNet
 from ..prior.prior import fuse_prior
 from ..sam.refiner import Refiner
 
-# (weak-view probabilities, weak-view affine) -> (pseudo-label, confidence, extra losses)
+# (weak-view probabilities, weak-view affine) -> (pseudo-label, confidence, other losses for the log, already
+# backpropagated: SAM's own)
 PseudoFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -83,10 +84,8 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
     loss = unimatch_total(loss_x, loss_s1, loss_s2, loss_fp)
     logs = {"loss_x": loss_x.item(), "loss_s": (loss_s1.item() + loss_s2.item()) / 2, "loss_fp": loss_fp.item(),
             "mask_ratio": (conf >= conf_thresh).float().mean().item()}
-    for name, value in extra.items():
-        loss = loss + value
-        logs[name] = value.item()
-    logs["loss"] = loss.item()
+    logs.update({name: float(value) for name, value in extra.items()})
+    logs["loss"] = loss.item() + sum(float(v) for v in extra.values())
     return loss, logs
 
 
@@ -104,14 +103,15 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
         probs = warp(probs_w, invert(theta), mode="bilinear")
         if prior is not None:  # the painted slices' interpolation, in the slice's own frame like SAM
             probs = fuse_prior(probs, *prior)
-        # SAM's graph through this decode is kept only when its unlabeled loss will use it
-        with torch.set_grad_enabled(train_sam and sam_weight > 0):
-            refined = refiner.refine(probs, keys, u, generator=generator)
+        # SAM's unlabeled loss (toward the Match model's labels) is backpropagated within this decode
+        learn = train_sam and sam_weight > 0
+        with torch.set_grad_enabled(learn):
+            refined = refiner.refine(probs, keys, u, generator=generator, learn_weight=sam_weight,
+                                     learn_toward=probs.argmax(1) if learn else None)
         label = warp(refined.labels, theta, mode="nearest", fill=-1)
         conf = warp(refined.confidence[:, None], theta, mode="nearest")[:, 0]
-        extra = {}
-        if train_sam and sam_weight > 0 and refined.mask_logits.requires_grad:
-            extra["loss_sam_u"] = sam_weight * refiner.unlabeled_loss(refined, probs.argmax(1))
+        # for the log only: its gradients are in SAM's already
+        extra = {} if refined.loss is None else {"loss_sam_u": refined.loss}
         return label, conf, extra
 
     return pseudo

@@ -25,6 +25,7 @@ from .fusion import fuse
 from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
 DECODE_CHUNK = 8  # prompts decoded together (see Refiner.decode)
+LEARN_CHUNK = 4   # prompts decoded and backpropagated together when SAM learns (see Refiner.learn)
 
 
 def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
@@ -62,9 +63,10 @@ class Refined:
     labels: torch.Tensor        # (B,S,S) long
     confidence: torch.Tensor    # (B,S,S) float in [0,1]
     prompts: Prompts
-    mask_logits: torch.Tensor   # (P,S,S), with grad when SAM is training
+    mask_logits: torch.Tensor   # (P,S,S)
     iou: torch.Tensor           # (P,)
-    learned: torch.Tensor | None = None  # the prompts decoded with grad, when SAM learns from a subset
+    learned: torch.Tensor | None = None  # the prompts SAM learned from, when it learns from a subset
+    loss: torch.Tensor | None = None     # SAM's unlabeled loss, already backpropagated (``learn_toward``)
 
 
 class Refiner:
@@ -180,16 +182,18 @@ class Refiner:
 
     def refine(self, probs: torch.Tensor, keys: Sequence[int], images: torch.Tensor,
                prompts: Prompts | None = None, emb: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, answer_probs: torch.Tensor | None = None) -> Refined:
+               generator: torch.Generator | None = None, answer_probs: torch.Tensor | None = None,
+               learn_toward: torch.Tensor | None = None, learn_weight: float = 1.0) -> Refined:
         """Refine Match probabilities ``probs`` (B,C,S,S) of the canonical slices ``images``.
 
         ``answer_probs`` (B,C,H,W), the same probabilities at the slices' own size (no gradients): prompts still
         come from ``probs``, but SAM's masks are upsampled to (H,W) and fused with ``answer_probs`` there, so the
         answer is not a training-frame label map blown up (a 128-px round trip alone costs ACDC's truth 0.06 Dice).
 
-        Gradients flow into SAM's logits when SAM is in training mode and grad is enabled, so the joint
-        step can reuse this decode for SAM's unlabeled loss instead of decoding twice; with
-        ``config.sam_train_prompts`` only a random subset of the prompts (``Refined.learned``) keeps them.
+        ``learn_toward`` (B,S,S), the Match model's labels: SAM's unlabeled loss toward them, times
+        ``learn_weight``, is backpropagated into SAM's gradients during this decode (:meth:`learn`), so the joint
+        step decodes once for both the pseudo-labels and SAM's loss (``Refined.loss``); with
+        ``config.sam_train_prompts`` only a random subset of the prompts (``Refined.learned``) is learned from.
         """
         if prompts is None:
             prompts = self.prompts_for(probs)
@@ -197,32 +201,37 @@ class Refiner:
         if emb is None:
             emb = self.embeddings(keys, images)
         size = None if answer_probs is None else tuple(answer_probs.shape[-2:])
-        learned = self.learning_subset(len(prompts), generator) if torch.is_grad_enabled() and size is None else None
-        fused_in = prompts  # the prompts as fuse() reads them: its frame is the masks' size
+        fused_in, loss = prompts, None  # the prompts as fuse() reads them: its frame is the masks' size
+        learned = self.learning_subset(len(prompts), generator) if learn_toward is not None else None
         if size is not None:  # the answer: no gradients, masks decoded and fused at the slices' own size
             with torch.no_grad():
                 logits, iou = self.decode(emb, prompts, out_size=size)
             fused_in, probs = replace(prompts, frame_size=size), answer_probs
-        elif learned is None:
-            logits, iou = self.decode(emb, prompts)
-        else:  # only the prompts SAM learns from keep their activations for the backward pass
-            rest = torch.ones(len(prompts), dtype=torch.bool)
-            rest[learned] = False
-            rest = rest.nonzero()[:, 0]
+        elif learn_toward is None:
             with torch.no_grad():
-                logits_rest, iou_rest = self.decode(emb, prompts.select(rest))
-            logits, iou = self.decode(emb, prompts.select(learned))
-            order = torch.cat([learned, rest]).argsort().to(logits.device)
-            logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
+                logits, iou = self.decode(emb, prompts)
+        else:
+            keep = torch.arange(len(prompts)) if learned is None else learned
+            rest = torch.ones(len(prompts), dtype=torch.bool)
+            rest[keep] = False
+            rest = rest.nonzero()[:, 0]
+            part = prompts.select(keep)
+            logits, iou, loss = self.learn(emb, part, self.targets(learn_toward.to(self.device), part), learn_weight)
+            if len(rest):
+                with torch.no_grad():
+                    logits_rest, iou_rest = self.decode(emb.detach(), prompts.select(rest))
+                order = torch.cat([keep, rest]).argsort().to(logits.device)
+                logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
         labels, conf = fuse(logits.detach().float(), fused_in, self.config.num_classes,
                             iou_pred=iou.detach().float() if self.config.iou_confidence else None,
                             match_probs=probs.detach().float(),
                             nested=self.config.nested_fusion)
-        return Refined(labels, conf, prompts, logits, iou, learned)
+        return Refined(labels, conf, prompts, logits, iou, learned, loss)
 
-    def supervised_loss(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """SAM fine-tuning on labeled slices: ground-truth boxes (jittered), BCE + Dice per prompt."""
+    def learn_labeled(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """SAM fine-tuning on labeled slices: ground-truth boxes (jittered), BCE + Dice per prompt, backpropagated
+        into SAM's gradients here (:meth:`learn`); returns the loss, detached."""
         # the same prompt kinds SAM will get at refinement time (box + points), with jittered boxes
         c = self.config
         prompts = prompts_from_labels(labels, c.num_classes, bbox_shift=self.bbox_shift, points=c.points,
@@ -233,18 +242,35 @@ class Refiner:
             prompts = prompts.select(learned)
         if len(prompts) == 0:
             return images.new_zeros(())
-        emb = self.embeddings(keys, images)
-        logits, _ = self.decode(emb, prompts)
-        return mask_loss(logits, self.targets(labels, prompts))
+        with torch.enable_grad():
+            emb = self.embeddings(keys, images)
+            return self.learn(emb, prompts, self.targets(labels.to(self.device), prompts))[2]
 
-    def unlabeled_loss(self, refined: Refined, match_labels: torch.Tensor) -> torch.Tensor:
-        """SAM toward the Match model's prediction on unlabeled slices (the paper weighs this 0.25)."""
-        p, logits = refined.prompts, refined.mask_logits
-        if refined.learned is not None:
-            p, logits = p.select(refined.learned), logits[refined.learned.to(logits.device)]
-        if len(p) == 0:
-            return refined.mask_logits.new_zeros(())
-        return mask_loss(logits, self.targets(match_labels, p))
+    def learn(self, emb: torch.Tensor, prompts: Prompts, targets: torch.Tensor,
+              weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backpropagate ``weight * mask_loss`` of ``prompts`` toward ``targets`` (P,S,S) now, ``LEARN_CHUNK``
+        prompts at a time; returns their logits and IoU predictions and the loss, all detached.
+
+        The loss is a mean over prompts, so the chunks' gradients, each weighed by its share, add up to the
+        whole batch's: the same update, but only one chunk's decoder activations (~70 MB a prompt at 256 px)
+        alive at a time, and none of them while the Match model's graph waits for its own backward. In `full`
+        mode the chunks' gradients collect on a detached copy of the embeddings and go through the encoder once.
+        """
+        n = len(prompts)
+        leaf = emb.detach().requires_grad_() if emb.requires_grad else emb
+        logits, iou, total = [], [], emb.new_zeros(())
+        with torch.enable_grad():
+            for i in range(0, n, LEARN_CHUNK):
+                idx = torch.arange(i, min(i + LEARN_CHUNK, n))
+                lg, io = self.decode(leaf, prompts.select(idx))
+                loss = mask_loss(lg, targets[idx.to(targets.device)]) * (weight * len(idx) / n)
+                loss.backward()
+                logits.append(lg.detach())
+                iou.append(io.detach())
+                total = total + loss.detach()
+            if leaf is not emb and leaf.grad is not None:
+                emb.backward(leaf.grad)
+        return torch.cat(logits), torch.cat(iou), total
 
     def learning_subset(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """Indices of the prompts one of SAM's losses learns from: ``config.sam_train_prompts`` of the ``n``,
