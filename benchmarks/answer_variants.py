@@ -10,7 +10,8 @@ training noise (up to 0.06 per volume between seeds) is out of the comparison. O
 pseudo-labels that trained the model came from the default prior. The variants: the prior's weight
 (``prior_weight`` 2, and 1000, which makes the answer the interpolation refined by the trained SAM; a run's
 config accepts at most 1, and above it the fused weight, ``weight x confidence`` clipped to 1, saturates), its
-confidence decay between slices (``slice_decay`` 3 and 5 slices; default 1.5), and test-time augmentation of the
+confidence decay between slices (``slice_decay`` 3 and 5 slices; default 1.5; ``between_decay`` 3 and 10 only for slices
+between two painted ones, not for those outside the painted range, which copy the outermost), and test-time augmentation of the
 Match model over the eight rotations and mirror images that training draws. ``oracle`` is the best variant
 chosen per volume with the hidden labels: what a perfect per-volume choice could at most buy.
 
@@ -32,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import volume_completion as vc  # noqa: E402
 
-VARIANTS = ["default", "prior_weight=2", "prior_weight=1000", "slice_decay=3", "slice_decay=5", "tta"]
+VARIANTS = ["default", "prior_weight=2", "prior_weight=1000", "slice_decay=3", "slice_decay=5", "between_decay=3",
+            "between_decay=10", "tta"]
 
 
 def dihedral_tta(engine):
@@ -75,17 +77,17 @@ def trained_engine(name, image, painted, picks, args, k):
     return engine, train_s
 
 
-def score_variants(engine, labels, rest) -> dict[str, dict]:
-    """Every variant's answer on the same weights, scored on the unpainted slices ``rest``."""
+def score_variants(engine, labels, rest, variants=VARIANTS) -> dict[str, dict]:
+    """Each variant's answer on the same weights, scored on the unpainted slices ``rest``."""
     from napari_samatch.core.prior.prior import NativePrior
 
     every, config = list(range(len(labels))), engine.config
     default_weight, default_predict = config.prior_weight, engine.predict
     out = {}
-    for tag in VARIANTS:
+    for tag in variants:
         key, _, value = tag.partition("=")
-        engine.native_prior = NativePrior(engine.data, config.num_classes, config.size,
-                                          slice_decay=float(value) if key == "slice_decay" else None)
+        decay = {key: float(value)} if key in ("slice_decay", "between_decay") else {}
+        engine.native_prior = NativePrior(engine.data, config.num_classes, config.size, **decay)
         config.prior_weight = float(value) if key == "prior_weight" else default_weight
         engine.predict = dihedral_tta(engine) if key == "tta" else default_predict
         answer = engine.preview(every, native=True)
@@ -99,6 +101,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     vc.add_case_arguments(ap)
     ap.add_argument("--states", default="", help="a folder that keeps the trained engines between runs")
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS, metavar="VARIANT",
+                    help=f"the answers to score (default: all of {', '.join(VARIANTS)})")
     ap.add_argument("--out", default=str(vc.RESULTS / "answer_variants.json"))
     args = ap.parse_args()
 
@@ -108,7 +112,7 @@ def main() -> int:
     rows = []
     for name, image, labels, k, picks, rest, painted in vc.painted_cases(args):
         engine, train_s = trained_engine(name, image, painted, picks, args, k)
-        variants = score_variants(engine, labels, rest)
+        variants = score_variants(engine, labels, rest, args.variants)
         dice = {t: round(vc.mean_dice(v["answer"]), 4) for t, v in variants.items()}
         dice["oracle"] = max(dice.values())
         rows.append({"volume": name, "k": k, "train_s": train_s, "dice": dice, "variants": variants})
@@ -117,7 +121,7 @@ def main() -> int:
         mine = [r for r in rows if r["k"] == k]
         if mine:
             print(f"mean, k = {k}:", " ".join(f"{t} {np.mean([r['dice'][t] for r in mine]):.4f}"
-                                              for t in [*VARIANTS, "oracle"]))
+                                              for t in [*args.variants, "oracle"]))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     return 0

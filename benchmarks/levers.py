@@ -19,6 +19,10 @@ Levers (none changes the code under test; each is switched on and off around one
   sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
                      2026-12-04, when this lever was ``sam_train_amp`` and measured the other way round)
   sam_prompts_K      SAM learns from K random prompts in each of its two losses (``RunConfig.sam_train_prompts``)
+  learn_chunk_K      SAM's losses backpropagated K prompts at a time (``core.sam.refiner.LEARN_CHUNK``, 4; a K of
+                     at least the step's prompt count is one backward per loss, as before 2026-12-05)
+  decode_chunk_K     SAM's decodes without gradients K prompts at a time (``core.sam.refiner.DECODE_CHUNK``, 4;
+                     8 before 2026-12-05)
   stock_upscaling    SAM's mask upscaling through the decoder's own modules (``core.sam.upscaling``
                      computes it in the tokens' layout by default since 2026-12-04)
   nchw_tokens        SAM's decoder given its image embeddings and positional encoding as NCHW, as before
@@ -114,6 +118,12 @@ def lever(engine, name: str):
             yield
     elif name == "sam_train_fp32":
         with settings(engine, sam_train_amp=False):
+            yield
+    elif name.startswith(("learn_chunk_", "decode_chunk_")):
+        from napari_samatch.core.sam import refiner
+
+        constant = "LEARN_CHUNK" if name.startswith("learn") else "DECODE_CHUNK"
+        with mock.patch.object(refiner, constant, int(name.rsplit("_", 1)[1])):
             yield
     elif name.startswith("sam_prompts_"):
         with settings(engine, sam_train_prompts=int(name.rsplit("_", 1)[1])):

@@ -96,7 +96,7 @@ class RunConfig:
     # lost 0.010 LV Dice (docs/benchmarks.md, "The image encoder in bf16"); for very large volumes only.
     sam_encode_amp: bool = False
     # At most this many prompts with gradients in each of SAM's two losses per step, drawn at random
-    # (0 = all): each costs its own decoder activations (~0.1 GiB at 256 px) and backward pass.
+    # (0 = all): each costs its own backward pass (its activations no longer add up: Refiner.learn).
     sam_train_prompts: int = 0
     # SAM refines only the classes it segments from ground-truth boxes on the labeled slices with at
     # least this Dice (Refiner.calibrate); the others keep the Match model's label, and so does a class

@@ -70,13 +70,16 @@ def _paint_order(labels: np.ndarray, painted: list[int], num_classes: int) -> li
 
 def interpolate_labels(labels: np.ndarray, painted: Sequence[int] | None = None, num_classes: int | None = None,
                        spacing: Sequence[float] = (1.0, 1.0), extrapolate: str = "nearest",
-                       slice_decay: float = 1.5, edge_px: float = 2.0) -> Interpolated:
+                       slice_decay: float = 1.5, edge_px: float = 2.0,
+                       between_decay: float | None = None) -> Interpolated:
     """Fill the unpainted slices of ``labels`` (Z,H,W) from the painted ones.
 
     ``painted``: the slices that count as painted (default: every slice with a non-zero label).
     ``extrapolate``: "nearest" copies the outermost painted slice outwards, "none" leaves those slices empty.
     Confidence: 1 on painted slices; elsewhere ``exp(-d / slice_decay)`` for a slice ``d`` slices from the
     nearest painted one, times how far the pixel is from the interpolated boundary (``edge_px`` scale).
+    ``between_decay``: the decay for slices between two painted ones instead (None: ``slice_decay``); a
+    slice outside the painted range is a copy of the outermost painted one and keeps ``slice_decay``.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
@@ -100,10 +103,12 @@ def interpolate_labels(labels: np.ndarray, painted: Sequence[int] | None = None,
             a, b = below[-1], above[0]
             t, d = (z - a) / (b - a), min(z - a, b - z)
             fields = {k: _blend(sdfs[a][k], sdfs[b][k], t) for k in order}
+            decay = slice_decay if between_decay is None else between_decay
         elif extrapolate == "nearest":
             src = below[-1] if below else above[0]
             d = abs(z - src)
             fields = sdfs[src]
+            decay = slice_decay
         else:
             continue
         margin = np.full(labels.shape[1:], np.inf, np.float32)
@@ -112,7 +117,7 @@ def interpolate_labels(labels: np.ndarray, painted: Sequence[int] | None = None,
             out[z][f < 0] = k
             margin = np.minimum(margin, np.abs(f))
         edge = 1.0 - np.exp(-np.where(np.isfinite(margin), margin, 1e3) / edge_px)
-        conf[z] = np.exp(-d / slice_decay) * edge
+        conf[z] = np.exp(-d / decay) * edge
     return Interpolated(out, conf, painted)
 
 

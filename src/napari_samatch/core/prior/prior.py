@@ -75,12 +75,13 @@ class NativePrior:
     """The prior of each volume (a group of slices) at its own resolution, computed once per volume on demand.
 
     ``data`` is the engine's SliceSet (painted slices: ``labels[i]`` not None); pixel scales that were chosen
-    in the ``frame``-pixel training frame (the boundary ramp) grow with the slices' size. ``slice_decay``:
-    interpolate_labels' confidence decay between slices (None: its default), for benchmarks/answer_variants.py."""
+    in the ``frame``-pixel training frame (the boundary ramp) grow with the slices' size. ``decay``:
+    interpolate_labels' ``slice_decay`` and ``between_decay`` (its defaults if absent), for
+    benchmarks/answer_variants.py."""
 
-    def __init__(self, data: Any, num_classes: int, frame: int, slice_decay: float | None = None) -> None:
+    def __init__(self, data: Any, num_classes: int, frame: int, **decay: float) -> None:
         self.data, self.num_classes, self.frame = data, num_classes, frame
-        self.decay = {} if slice_decay is None else {"slice_decay": slice_decay}
+        self.decay = decay
         self._volumes: dict[str, tuple[dict[int, int], Any]] = {}
 
     def scale(self, shape: Sequence[int]) -> float:

@@ -24,8 +24,12 @@ from .cache import EmbeddingCache
 from .fusion import fuse
 from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
-DECODE_CHUNK = 8  # prompts decoded together (see Refiner.decode)
-LEARN_CHUNK = 4   # prompts decoded and backpropagated together when SAM learns (see Refiner.learn)
+# Prompts decoded together (Refiner.decode), and decoded and backpropagated together when SAM learns
+# (Refiner.learn). At 4 + 4, 256 px, 2 threads: the joint step's time the same as with 8 and with one backward
+# of all 24 prompts (paired ratios 0.993 and 0.996), its peak RSS 3.10 GiB against 3.28 (decodes in 8s) and
+# 4.40 (one backward); 2 prompts a backward would give 2.80 GiB for 1.036x the time (docs/benchmarks.md).
+DECODE_CHUNK = 4
+LEARN_CHUNK = 4
 
 
 def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
