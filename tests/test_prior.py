@@ -55,6 +55,17 @@ def test_extrapolation_copies_the_outermost_painted_slice_or_leaves_it_empty():
     assert np.array_equal(nearest_labels(vol, [2])[4], vol[2])
 
 
+def test_between_decay_changes_only_the_confidence_of_slices_between_painted_ones():
+    vol = np.zeros((6, 64, 64), np.uint8)
+    vol[1], vol[3] = ring_slice(12, 8), ring_slice(16, 10)
+    base = interpolate_labels(vol, [1, 3], 4)
+    slow = interpolate_labels(vol, [1, 3], 4, between_decay=10.0)
+    assert np.array_equal(slow.labels, base.labels)
+    assert slow.confidence[2].max() > base.confidence[2].max()  # between the two painted slices
+    for z in (0, 4, 5):  # outside the painted range: copies of the outermost, as before
+        assert np.array_equal(slow.confidence[z], base.confidence[z])
+
+
 def test_slice_prior_groups_volumes_and_orders_slices_by_position():
     s = 32
     a, b = ring_slice(10, 6, (s, s)), ring_slice(14, 9, (s, s))
