@@ -77,9 +77,20 @@ def test_chunked_learning_gives_the_whole_batchs_gradients(lite, monkeypatch, mo
         torch.testing.assert_close(got[name], g, atol=1e-6, rtol=2e-3, msg=name)
 
 
-def test_a_joint_step_keeps_no_sam_graph_for_the_match_models_backward(lite):
-    """In the joint step SAM's losses are backpropagated before the Match model's (its gradients are there
-    when the UNet's backward starts) and the step still trains both models."""
+def test_no_prompt_to_learn_from_is_no_loss(lite):
+    """A Match model that predicts no structure yet gives no prompt: the refinement learns nothing, quietly."""
+    refiner = Refiner(lite, preset("quick", size=256, device="cpu"), torch.device("cpu"))
+    empty = _prompts().select(torch.zeros(len(IMAGE_INDEX), dtype=torch.bool))
+    probs = torch.zeros(2, 4, 256, 256)
+    probs[:, 0] = 1
+    refined = refiner.refine(probs, [0, 1], torch.zeros(2, 1, 256, 256), prompts=empty,
+                             emb=torch.zeros(2, 256, 64, 64), learn_toward=torch.zeros(2, 256, 256, dtype=torch.long))
+    assert float(refined.loss) == 0 and refined.mask_logits.shape[0] == 0 and not refined.labels.any()
+
+
+def test_a_joint_steps_sam_losses_are_backpropagated_apart_from_the_match_models(lite):
+    """In the joint step SAM's unlabeled loss is backpropagated during the refinement (SAM has gradients when
+    the Match model's backward starts), its labeled loss after that backward, and the step trains SAM."""
     from napari_samatch.core.data.datasets import phantom
     from napari_samatch.core.engine.engine import Engine
 

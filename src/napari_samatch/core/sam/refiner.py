@@ -257,10 +257,13 @@ class Refiner:
 
         The loss is a mean over prompts, so the chunks' gradients, each weighed by its share, add up to the
         whole batch's: the same update, but only one chunk's decoder activations (~70 MB a prompt at 256 px)
-        alive at a time, and none of them while the Match model's graph waits for its own backward. In `full`
+        alive at a time, also beside the Match model's graph while that waits for its own backward. In `full`
         mode the chunks' gradients collect on a detached copy of the embeddings and go through the encoder once.
         """
         n = len(prompts)
+        if n == 0:  # nothing to learn from (a Match model that predicts no structure yet)
+            logits, iou = self.decode(emb, prompts)
+            return logits, iou, emb.new_zeros(())
         leaf = emb.detach().requires_grad_() if emb.requires_grad else emb
         logits, iou, total = [], [], emb.new_zeros(())
         with torch.enable_grad():
