@@ -68,7 +68,8 @@ def whole_volumes(root: Path, labeled_ids: set[str], list_file: str = "train_sli
     return all(len({sid in labeled_ids for sid in ids}) == 1 for ids in volume_slices(root, list_file).values())
 
 
-def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An SSL4MIS file's stored ``image`` and ``label``: one slice, or a whole val volume."""
     import h5py
 
     with h5py.File(str(path), "r") as f:
@@ -88,7 +89,7 @@ def write_cohort(root: Path, folder: Path, labeled_ids: set[str], volumes: list[
     for v, ids in volume_slices(root, list_file, as_listed).items():
         if volumes is not None and v not in volumes:
             continue
-        pairs = [_read_h5(root / "data" / "slices" / f"{sid}.h5") for sid in ids]
+        pairs = [read_h5(root / "data" / "slices" / f"{sid}.h5") for sid in ids]
         image = np.stack([p[0] for p in pairs]).astype(np.float32, copy=False)  # (Z, H, W), the stored values
         nib.save(nib.Nifti1Image(np.ascontiguousarray(image.transpose(2, 1, 0)), np.eye(4)),
                  images / f"{names[v]}.nii")

@@ -60,22 +60,20 @@ def painted_slices(labels: np.ndarray, k: int) -> list[int]:
 
 
 def read_acdc_volume(vid: str) -> tuple[np.ndarray, np.ndarray]:
-    """A val volume from ``data/<id>.h5``; a training volume stacked from its ``data/slices/<id>_slice_<n>.h5``
-    files in slice-number order (the SSL4MIS layout keeps training volumes only as slices)."""
-    import h5py
+    """A val volume from ``data/<id>.h5``; a training volume stacked from its slices in slice-number order
+    (the SSL4MIS layout keeps training volumes only as slices; ``_acdc_cohort`` knows which and in what order)."""
+    from _acdc_cohort import read_h5, volume_slices
 
     whole = ACDC / "data" / f"{vid}.h5"
     if whole.is_file():
-        with h5py.File(whole) as f:
-            return f["image"][:].astype(np.float32), f["label"][:].astype(np.uint8)
-    files = sorted((ACDC / "data" / "slices").glob(f"{vid}_slice_*.h5"), key=lambda p: int(p.stem.rpartition("_")[2]))
-    if not files:
-        sys.exit(f"no volume {vid} in {ACDC / 'data'}")
-    planes = []
-    for path in files:
-        with h5py.File(path) as f:
-            planes.append((f["image"][:].astype(np.float32), f["label"][:].astype(np.uint8)))
-    return np.stack([im for im, _ in planes]), np.stack([lb for _, lb in planes])
+        image, labels = read_h5(whole)
+    else:
+        ids = volume_slices(ACDC).get(vid)
+        if not ids:
+            sys.exit(f"no volume {vid} in {ACDC / 'data'}")
+        pairs = [read_h5(ACDC / "data" / "slices" / f"{sid}.h5") for sid in ids]
+        image, labels = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    return image.astype(np.float32), labels.astype(np.uint8)
 
 
 def load_volumes(args) -> list[tuple[str, np.ndarray, np.ndarray]]:
