@@ -12,7 +12,8 @@ pseudo-labels that trained the model came from the default prior. The variants: 
 config accepts at most 1, and above it the fused weight, ``weight x confidence`` clipped to 1, saturates), its
 confidence decay between slices (``slice_decay`` 3 and 5 slices; default 1.5; ``between_decay`` 3 and 10 only for slices
 between two painted ones, not for those outside the painted range, which copy the outermost), and test-time augmentation of the
-Match model over the eight rotations and mirror images that training draws. ``oracle`` is the best variant
+Match model over the eight rotations and mirror images that training draws; ``prior_check`` off, or at another limit than
+review.PRIOR_CHECK's (SAM's masks that lie mostly on another structure of the prior). ``oracle`` is the best variant
 chosen per volume with the hidden labels: what a perfect per-volume choice could at most buy.
 
 ``--states DIR`` keeps each trained engine (a checkpoint per volume, k, seed and ``--set``) and reuses it on the next run,
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import volume_completion as vc  # noqa: E402
 
 VARIANTS = ["default", "prior_weight=2", "prior_weight=1000", "slice_decay=3", "slice_decay=5", "between_decay=3",
-            "between_decay=10", "tta"]
+            "between_decay=10", "tta", "prior_check=off", "prior_check=0.5"]
 
 
 def dihedral_tta(engine):
@@ -79,10 +80,11 @@ def trained_engine(name, image, painted, picks, args, k):
 
 def score_variants(engine, labels, rest, variants=VARIANTS) -> dict[str, dict]:
     """Each variant's answer on the same weights, scored on the unpainted slices ``rest``."""
+    from napari_samatch.core.engine import review
     from napari_samatch.core.prior.prior import NativePrior
 
     every, config = list(range(len(labels))), engine.config
-    default_weight, default_predict = config.prior_weight, engine.predict
+    default_weight, default_predict, default_check = config.prior_weight, engine.predict, review.PRIOR_CHECK
     out = {}
     for tag in variants:
         key, _, value = tag.partition("=")
@@ -90,10 +92,11 @@ def score_variants(engine, labels, rest, variants=VARIANTS) -> dict[str, dict]:
         engine.native_prior = NativePrior(engine.data, config.num_classes, config.size, **decay)
         config.prior_weight = float(value) if key == "prior_weight" else default_weight
         engine.predict = dihedral_tta(engine) if key == "tta" else default_predict
+        review.PRIOR_CHECK = default_check if key != "prior_check" else None if value == "off" else float(value)
         answer = engine.preview(every, native=True)
         out[tag] = {"answer": vc.scores(answer["refined"], labels, rest), "match": vc.scores(answer["raw"], labels, rest)}
     engine.native_prior = NativePrior(engine.data, config.num_classes, config.size)
-    config.prior_weight, engine.predict = default_weight, default_predict
+    config.prior_weight, engine.predict, review.PRIOR_CHECK = default_weight, default_predict, default_check
     return out
 
 

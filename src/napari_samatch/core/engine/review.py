@@ -16,11 +16,17 @@ import torch.nn.functional as F
 
 from ..match.inference import class_map, class_map_and_confidence
 from ..prior.prior import fuse_prior, gate_to_prior
+from ..sam.refiner import PriorCheck
 
 __all__ = ["slice_confidence", "slice_agreement", "review_score", "native_shape", "prior_preview",
            "preview", "refine_with_prompts"]
 
 GATE_MARGIN = 8  # gate_to_prior's margin, in pixels of the training frame
+# A SAM mask of the answer lying more than this share of itself on another structure of the painted slices' prior
+# has its prompt replaced by its class's box on the prior (Refiner.checked; None: no check). On the ACDC val
+# volumes' trained engines every limit from 0.6 to 0.8 gave the same answers (docs/benchmarks.md, "SAM's
+# box lands on the neighbour"); 0.75 sits inside that plateau.
+PRIOR_CHECK: float | None = 0.75
 
 
 def slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -112,9 +118,10 @@ def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> 
 
 
 def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs: torch.Tensor | None,
-             prompts=None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+             prompts=None, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """SAM-refined labels, their confidence and the prompts (from the frame's ``probs``, or the user's
-    ``prompts``), at the size of ``answer_probs`` (None: the frame's); no SAM and no user prompts: the argmax."""
+    ``prompts``), at the size of ``answer_probs`` (None: the frame's); no SAM and no user prompts: the argmax.
+    ``prior``: the answer's prior labels, which SAM's masks from the Match model's boxes are checked against."""
     if prompts is None:
         if not engine.uses_sam():
             labels, conf = class_map_and_confidence(probs if answer_probs is None else answer_probs)
@@ -123,8 +130,12 @@ def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs:
             engine.calibrate_sam()
     with engine.lock, torch.no_grad():
         engine.sam.eval()
+        frame_prior = engine.prior_of(indices)
+        check = None
+        if prior is not None and frame_prior is not None and prompts is None and PRIOR_CHECK is not None:
+            check = PriorCheck(prior, frame_prior[0], PRIOR_CHECK)
         refined = engine.refiner.refine(probs, indices, engine.images[indices], prompts=prompts,
-                                        answer_probs=answer_probs)
+                                        answer_probs=answer_probs, prior_check=check)
     return refined.labels, refined.confidence, refined.prompts
 
 
@@ -137,7 +148,8 @@ def preview(engine: Any, indices: Sequence[int], native: bool = False) -> dict[s
     raw = engine.predict(indices)
     fused = _fused(engine, raw, indices)
     out: dict[str, Any] = {"indices": indices, "raw": class_map(where.resized(raw)).cpu().numpy().astype(np.uint8)}
-    labels, conf, prompts = _refined(engine, indices, fused, where.probs(raw))
+    labels, conf, prompts = _refined(engine, indices, fused, where.probs(raw),
+                                     prior=None if where.prior is None else where.prior[0])
     if prompts is not None:
         out["prompts"] = prompts.to_numpy_dict()
     labels = where.gated(labels.cpu().numpy().astype(np.uint8))

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from .interpolation import interpolate_labels
 
-__all__ = ["slice_prior", "NativePrior", "fuse_prior", "gate_to_prior", "one_painted_slice_note"]
+__all__ = ["slice_prior", "NativePrior", "fuse_prior", "gate_to_prior", "prompts_on_prior", "one_painted_slice_note"]
 
 # interpolate_labels' boundary ramp, in pixels of the training frame (its default)
 EDGE_PX = 2.0
@@ -146,3 +146,24 @@ def gate_to_prior(labels: np.ndarray, prior: np.ndarray, margin: int = 8) -> np.
             touching = np.unique(comp[near & (comp > 0)])
             out[z][(comp > 0) & ~np.isin(comp, touching)] = 0
     return out
+
+
+def prompts_on_prior(masks: torch.Tensor, image_index: torch.Tensor, class_index: torch.Tensor,
+                     prior: torch.Tensor, limit: float = 0.5) -> torch.Tensor:
+    """Which SAM masks (P,H,W) bool to keep (P,) bool: a prompt of class c is dropped where its mask lies more
+    than ``limit`` of itself on the prior's (B,H,W) *other* structures, on a slice where the prior shows c.
+
+    A box drawn around a Match model's region that swallowed a neighbour (ACDC's LV spanning both cavities)
+    makes SAM return the neighbour; the gate keeps it (it touches the prior's region of its class), and its
+    class's Dice falls to 0. Without the prompt the class keeps the fused Match/prior label (core/sam/fusion.py).
+    """
+    keep = torch.ones(len(masks), dtype=torch.bool)
+    prior = prior.to(masks.device)
+    for p in range(len(masks)):
+        region, c = prior[int(image_index[p])], int(class_index[p])
+        area = masks[p].sum()
+        if area == 0 or not (region == c).any():
+            continue
+        off = (masks[p] & (region > 0) & (region != c)).sum()
+        keep[p] = bool(off <= limit * area)
+    return keep

@@ -87,6 +87,21 @@ class Prompts:
         keep = keep.to(self.image_index.device)
         return self._map(lambda t: t[keep])
 
+    def __add__(self, other: "Prompts") -> "Prompts":
+        """These prompts followed by ``other``'s, of the same batch (both with points of one count, or neither)."""
+        if (self.num_images, self.frame_size) != (other.num_images, other.frame_size):
+            raise DataError("Prompts of different batches cannot be joined.")
+        kw = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                kw[f.name] = torch.cat([a, b.to(a.device)])
+            elif a is None and b is None or not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+                kw[f.name] = a
+            else:
+                raise DataError("Prompts with points cannot be joined with prompts without.")
+        return Prompts(**kw)
+
     def to_numpy_dict(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (for ``np.savez`` and the GUI); inverse of :meth:`from_numpy_dict`."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..config import RunConfig
 from ..device import autocast
 from ..evaluation.metrics import dice_per_class
+from ..prior.prior import prompts_on_prior
 from .base import SamBackend
 from .cache import EmbeddingCache
 from .fusion import fuse
@@ -57,6 +58,17 @@ def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
         if present and ringed * 2 >= present:
             rings.add(k)
     return rings
+
+
+@dataclass
+class PriorCheck:
+    """The painted slices' prior as a check on SAM's masks (``Refiner.checked``): ``labels`` (B,H,W) at the masks'
+    size, ``frame_labels`` (B,S,S) in the prompts' frame (the replacement boxes come from there), ``limit`` the
+    share of a mask on another structure of the prior that replaces its prompt."""
+
+    labels: torch.Tensor
+    frame_labels: torch.Tensor
+    limit: float
 
 
 @dataclass
@@ -187,7 +199,8 @@ class Refiner:
     def refine(self, probs: torch.Tensor, keys: Sequence[int], images: torch.Tensor,
                prompts: Prompts | None = None, emb: torch.Tensor | None = None,
                generator: torch.Generator | None = None, answer_probs: torch.Tensor | None = None,
-               learn_toward: torch.Tensor | None = None, learn_weight: float = 1.0) -> Refined:
+               learn_toward: torch.Tensor | None = None, learn_weight: float = 1.0,
+               prior_check: PriorCheck | None = None) -> Refined:
         """Refine Match probabilities ``probs`` (B,C,S,S) of the canonical slices ``images``.
 
         ``answer_probs`` (B,C,H,W), the same probabilities at the slices' own size (no gradients): prompts still
@@ -198,6 +211,8 @@ class Refiner:
         ``learn_weight``, is backpropagated into SAM's gradients during this decode (:meth:`learn`), so the joint
         step decodes once for both the pseudo-labels and SAM's loss (``Refined.loss``); with
         ``config.sam_train_prompts`` only a random subset of the prompts (``Refined.learned``) is learned from.
+
+        ``prior_check``: SAM's masks are checked against the painted slices' prior before the fusion (:meth:`checked`).
         """
         if prompts is None:
             prompts = self.prompts_for(probs)
@@ -226,11 +241,34 @@ class Refiner:
                     logits_rest, iou_rest = self.decode(emb.detach(), prompts.select(rest))
                 order = torch.cat([keep, rest]).argsort().to(logits.device)
                 logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
+        if prior_check is not None and len(prompts):
+            prompts, logits, iou = self.checked(emb, prompts, logits, iou, prior_check, size)
+            fused_in = prompts if size is None else replace(prompts, frame_size=size)
         labels, conf = fuse(logits.detach().float(), fused_in, self.config.num_classes,
                             iou_pred=iou.detach().float() if self.config.iou_confidence else None,
                             match_probs=probs.detach().float(),
                             nested=self.config.nested_fusion)
         return Refined(labels, conf, prompts, logits, iou, learned, loss)
+
+    def checked(self, emb: torch.Tensor, prompts: Prompts, logits: torch.Tensor, iou: torch.Tensor,
+                check: PriorCheck, size: tuple[int, int] | None) -> tuple[Prompts, torch.Tensor, torch.Tensor]:
+        """The prompts, mask logits and IoU predictions after ``check``: a prompt whose mask lies mostly on another
+        structure of the prior (``prompts_on_prior``) is replaced by its class's box on the prior."""
+        keep = prompts_on_prior(logits.detach() > 0, prompts.image_index, prompts.class_index, check.labels,
+                                check.limit)
+        if bool(keep.all()):
+            return prompts, logits, iou
+        dropped = set(zip(prompts.image_index[~keep].tolist(), prompts.class_index[~keep].tolist()))
+        ix = keep.nonzero()[:, 0]
+        c = self.config
+        alt = prompts_from_labels(check.frame_labels, c.num_classes, bbox_shift=self.bbox_shift,
+                                  components=c.components).to(self.device)
+        alt = alt.select(torch.tensor([pair in dropped for pair in zip(alt.image_index.tolist(),
+                                                                       alt.class_index.tolist())], dtype=torch.bool))
+        with torch.no_grad():
+            alt_logits, alt_iou = self.decode(emb, alt, out_size=size)
+        return (prompts.select(ix) + alt, torch.cat([logits[ix.to(logits.device)], alt_logits]),
+                torch.cat([iou[ix.to(iou.device)], alt_iou]))
 
     def learn_labeled(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
