@@ -50,9 +50,10 @@ class LeftHalfSam(nn.Module):
         return inside.float() * 20 - 10, torch.ones(len(boxes))
 
 
-def test_a_swapped_box_is_replaced_by_its_class_box_on_the_prior():
+@pytest.mark.parametrize("points", [0, 1])
+def test_a_swapped_box_is_replaced_by_its_class_box_on_the_prior(points):
     prior = two_cavities()
-    config = preset("quick", size=S, device="cpu", bbox_shift=0)
+    config = preset("quick", size=S, device="cpu", bbox_shift=0, points=points)
     refiner = Refiner(LeftHalfSam(), config, torch.device("cpu"))
     refiner.trusted = None
     swallowed = prior.clone()
@@ -63,7 +64,7 @@ def test_a_swapped_box_is_replaced_by_its_class_box_on_the_prior():
     assert (unchecked.labels[0][prior[0] == 1] == 3).all()  # class 3 lands on class 1's cavity
     checked = refiner.refine(probs, [0], torch.zeros(1, 1, S, S), emb=emb,
                              prior_check=PriorCheck(prior, prior, 0.75))
-    assert checked.prompts.class_index.tolist() == [3]
+    assert checked.prompts.class_index.tolist() == [3] and (checked.prompts.points is None) == (points == 0)
     assert checked.prompts.boxes[0].tolist() == [16, 8, 27, 23]  # the prior's class-3 box
     lab = checked.labels[0]
     assert (lab[prior[0] == 1] != 3).all() and (lab[8:24, 16:22] == 3).all()

@@ -261,8 +261,8 @@ class Refiner:
         dropped = set(zip(prompts.image_index[~keep].tolist(), prompts.class_index[~keep].tolist()))
         ix = keep.nonzero()[:, 0]
         c = self.config
-        alt = prompts_from_labels(check.frame_labels, c.num_classes, bbox_shift=self.bbox_shift,
-                                  components=c.components).to(self.device)
+        alt = prompts_from_labels(check.frame_labels, c.num_classes, bbox_shift=self.bbox_shift, components=c.components,
+                                  points=c.points, negative_points=c.negative_points).to(self.device)
         alt = alt.select(torch.tensor([pair in dropped for pair in zip(alt.image_index.tolist(),
                                                                        alt.class_index.tolist())], dtype=torch.bool))
         with torch.no_grad():
