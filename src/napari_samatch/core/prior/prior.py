@@ -149,13 +149,14 @@ def gate_to_prior(labels: np.ndarray, prior: np.ndarray, margin: int = 8) -> np.
 
 
 def prompts_on_prior(masks: torch.Tensor, image_index: torch.Tensor, class_index: torch.Tensor,
-                     prior: torch.Tensor, limit: float = 0.5) -> torch.Tensor:
+                     prior: torch.Tensor, limit: float = 0.75) -> torch.Tensor:
     """Which SAM masks (P,H,W) bool to keep (P,) bool: a prompt of class c is dropped where its mask lies more
     than ``limit`` of itself on the prior's (B,H,W) *other* structures, on a slice where the prior shows c.
 
     A box drawn around a Match model's region that swallowed a neighbour (ACDC's LV spanning both cavities)
     makes SAM return the neighbour; the gate keeps it (it touches the prior's region of its class), and its
-    class's Dice falls to 0. Without the prompt the class keeps the fused Match/prior label (core/sam/fusion.py).
+    class's Dice falls to 0. ``Refiner.checked`` prompts that class again from its box on the prior. A mask on
+    the prior's background is kept: far from the painted slices the prior may be the one that is wrong.
     """
     keep = torch.ones(len(masks), dtype=torch.bool)
     prior = prior.to(masks.device)
