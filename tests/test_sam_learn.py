@@ -114,28 +114,3 @@ def test_a_joint_steps_sam_losses_are_backpropagated_apart_from_the_match_models
     assert {"loss_sam_u", "loss_sam_x"} <= logs.keys() and all(v == v for v in logs.values())
     assert any(not torch.equal(p, before[n]) for n, p in engine.sam.mask_decoder.named_parameters())
 
-
-@pytest.mark.parametrize("learns", [True, False])
-def test_the_strong_views_go_through_the_match_model_after_a_pseudo_label_that_learns(learns):
-    """SAM's decodes with gradients then share the memory with one of the Match model's graphs, not two; a
-    pseudo-label that does not learn keeps the old order (and so every Start's numbers)."""
-    from contextlib import nullcontext
-
-    from napari_samatch.core.engine.steps import unimatch_step
-    from napari_samatch.core.match.unet import UNet
-
-    unet, calls = UNet(channels=(4, 4, 8, 8, 8)), []
-    forward = unet.forward
-    unet.forward = lambda x, **kw: calls.append("fp" if kw.get("need_fp") else "strong") or forward(x, **kw)
-
-    def pseudo(probs_w, theta):
-        calls.append("pseudo")
-        conf, label = probs_w.max(dim=1)
-        return label, conf, {}
-
-    pseudo.learns = learns
-    x, u = torch.rand(1, 1, 32, 32), torch.rand(2, 1, 32, 32)
-    y = torch.zeros(1, 32, 32, dtype=torch.long)
-    loss, _ = unimatch_step(unet, x, y, u, torch.Generator().manual_seed(0), 0.8, pseudo, amp=nullcontext())
-    loss.backward()
-    assert calls == (["fp", "pseudo", "strong"] if learns else ["fp", "strong", "pseudo"])

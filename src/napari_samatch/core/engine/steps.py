@@ -63,22 +63,15 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
     u_s1 = apply_cutmix(u_s1, u_s1.roll(1, 0), m1)
     u_s2 = apply_cutmix(u_s2, u_s2.roll(1, 0), m2)
 
-    # Where SAM learns in the pseudo-label's decode, the strong views go through the Match model after it, so SAM's
-    # graphs meet one of the Match model's two graphs, not both. Elsewhere one autocast region for both
-    # forwards: their bf16 weight copies are shared, and the steps' numbers stay those every Start was measured with.
-    late = getattr(pseudo_fn, "learns", False)
     with amp:
         logits, logits_fp = unet(torch.cat([x_w, u_w]), need_fp=True)
-        logits_s = None if late else unet(torch.cat([u_s1, u_s2]))
+        logits_s = unet(torch.cat([u_s1, u_s2]))
     pred_x, pred_w = logits.float().split([bx, bu])
     pred_fp = logits_fp.float()[bx:]
+    pred_s1, pred_s2 = logits_s.float().chunk(2)
 
     probs_w = F.softmax(pred_w.detach(), dim=1)
     pseudo, conf, extra = pseudo_fn(probs_w, theta_u)
-    if logits_s is None:
-        with amp:
-            logits_s = unet(torch.cat([u_s1, u_s2]))
-    pred_s1, pred_s2 = logits_s.float().chunk(2)
     p1 = apply_cutmix(pseudo, pseudo.roll(1, 0), m1)
     c1 = apply_cutmix(conf, conf.roll(1, 0), m1)
     p2 = apply_cutmix(pseudo, pseudo.roll(1, 0), m2)
@@ -111,7 +104,7 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
         if prior is not None:  # the painted slices' interpolation, in the slice's own frame like SAM
             probs = fuse_prior(probs, *prior)
         # SAM's unlabeled loss (toward the Match model's labels) is backpropagated within this decode
-        learn = pseudo.learns
+        learn = train_sam and sam_weight > 0
         with torch.set_grad_enabled(learn):
             refined = refiner.refine(probs, keys, u, generator=generator, learn_weight=sam_weight,
                                      learn_toward=probs.argmax(1) if learn else None)
@@ -121,5 +114,4 @@ def samatch_pseudo(refiner: Refiner, keys: list[int], u: torch.Tensor, train_sam
         extra = {} if refined.loss is None else {"loss_sam_u": refined.loss}
         return label, conf, extra
 
-    pseudo.learns = train_sam and sam_weight > 0  # unimatch_step runs the strong views after it (memory)
     return pseudo
