@@ -130,10 +130,10 @@ def _refined(engine: Any, indices: list[int], probs: torch.Tensor, answer_probs:
             engine.calibrate_sam()
     with engine.lock, torch.no_grad():
         engine.sam.eval()
-        frame_prior = engine.prior_of(indices)
         check = None
-        if prior is not None and frame_prior is not None and prompts is None and PRIOR_CHECK is not None:
-            check = PriorCheck(prior, frame_prior[0], PRIOR_CHECK)
+        if prior is not None and prompts is None and PRIOR_CHECK is not None:
+            frame_prior = engine.prior_of(indices)  # the replacement boxes are drawn in the prompts' frame
+            check = None if frame_prior is None else PriorCheck(prior, frame_prior[0], PRIOR_CHECK)
         refined = engine.refiner.refine(probs, indices, engine.images[indices], prompts=prompts,
                                         answer_probs=answer_probs, prior_check=check)
     return refined.labels, refined.confidence, refined.prompts

@@ -96,7 +96,7 @@ class Prompts:
             a, b = getattr(self, f.name), getattr(other, f.name)
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                 kw[f.name] = torch.cat([a, b.to(a.device)])
-            elif a is None and b is None or not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            elif not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):  # no points, or the batch's size
                 kw[f.name] = a
             else:
                 raise DataError("Prompts with points cannot be joined with prompts without.")
