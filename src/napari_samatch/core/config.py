@@ -41,6 +41,11 @@ class RunConfig:
     # on its own painted slices, 0.76-0.95 on the others), and SAM was then never prompted for it
     # (docs/benchmarks.md, "k = 5 and the warm-up refit").
     warmup_fit_dice: float = 0.0
+    # Every this many joint steps, the Match model's Dice on the painted slices is checked; a class it fit
+    # (warmup_fit_dice) when the joint stage began and has lost (Dice below 0.2) sends it back to the last
+    # weights that fit every such class, at half the learning rate (core/engine/painted_fit.py). 0 = off, as
+    # is warmup_fit_dice 0.
+    joint_fit_every: int = 0
     size: int = 256
     batch_labeled: int = 4
     batch_unlabeled: int = 4
@@ -143,6 +148,8 @@ class RunConfig:
         need(self.warmup_method in ("supervised", "unimatch"), "warmup_method", "choose supervised or unimatch")
         for key in ("warmup_iters", "sam_iters", "joint_iters"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) >= 0, key, "use a whole number >= 0")
+        need(isinstance(self.joint_fit_every, int) and self.joint_fit_every >= 0, "joint_fit_every",
+             "use a whole number >= 0 (0 = no check)")
         need(0 <= self.warmup_fit_dice < 1, "warmup_fit_dice", "use a Dice in [0, 1) (0 = no extra warm-up)")
         need(isinstance(self.size, int) and self.size >= 32 and self.size % 16 == 0, "size",
              "use a multiple of 16, at least 32 (256 is the paper's)")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..evaluation.metrics import dice_per_class
 from ..match.averaging import WeightAverage
 from . import distributed, faults
 from . import events as ev
+from .painted_fit import FitGuard, painted_fit
 from .schedule import PolySchedule
 
 
@@ -96,6 +96,8 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
         engine.average = WeightAverage() if average else None  # resumed: its checkpoint's mean goes on
     start = 0  # where the current learning-rate decay began (a refit of the warm-up restarts it)
     refits = 0
+    guard = (FitGuard(engine, c.warmup_fit_dice, c.joint_fit_every)
+             if name == "joint" and c.joint_fit_every > 0 and c.warmup_fit_dice > 0 else None)
     while True:
         if engine.stage_iter >= n:
             extra = refit_warmup(engine, name, n, refits, emit)
@@ -123,6 +125,8 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
         logs["lr"] = engine.opt_unet.param_groups[0]["lr"]
         emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
         it = engine.stage_iter
+        if guard is not None and (note := guard.after_step(it, sched_unet)):
+            emit(ev.LOG, note, {"level": "warning"})
         if engine.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
             if calibrate:  # SAM has been learning: which classes it may refine can change
                 calibrate()
@@ -131,6 +135,8 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
             faults.periodic_save(engine, ckpt_dir / "last.pt", state["global"], emit)  # warns on a full disk
     if name == "joint" and engine.average is not None:
         finish_average(engine, emit, state)
+    if guard is not None and (note := guard.finish()):
+        emit(ev.LOG, note, {"level": "warning"})
 
 
 def finish_average(engine, emit, state: dict) -> None:
@@ -165,11 +171,8 @@ def refit_warmup(engine, name: str, n: int, refits: int, emit) -> int:
     c = engine.config
     if name != "warmup" or c.warmup_fit_dice <= 0 or refits >= MAX_REFITS or c.warmup_iters < MIN_REFIT_WARMUP:
         return 0
-    pick = engine.labeled_spread()
-    pred = engine.predict(pick.tolist()).argmax(1)  # predict() takes the engine's lock
-    truth = engine.labels[pick].to(pred.device)
-    dice = dice_per_class(pred, truth, c.num_classes).tolist()
-    unfit = [k for k in range(1, c.num_classes) if (truth == k).any() and dice[k] < c.warmup_fit_dice]
+    dice = painted_fit(engine)
+    unfit = [k for k, d in dice.items() if d < c.warmup_fit_dice]
     if not unfit:
         return 0
     extra = c.warmup_iters // 2
