@@ -1,16 +1,19 @@
-"""The joint stage's guard of the painted slices (core/engine/painted_fit.py): a class the Match model fit and
-then lost sends it back to its last weights that fit; a run it never acts on is the run without it."""
+"""The joint stage's guard of the painted slices (core/engine/painted_fit.py): a class the Match model fit, then
+lost, and that the answer takes from it alone sends it back to its last weights that fit; a run the guard does
+not act on is the run without it."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from napari_samatch.core.data.datasets import phantom
 from napari_samatch.core.engine import events as ev
+from napari_samatch.core.engine import painted_fit as painted_fit_module
 from napari_samatch.core.engine.engine import Engine
 from napari_samatch.core.engine.painted_fit import FitGuard, painted_fit
-from napari_samatch.core.engine.schedule import PolySchedule
 from test_engine import tiny
 
 
@@ -34,50 +37,54 @@ def lose_class(engine, k: int) -> None:
         engine.unet.head.bias[k] = -1e4
 
 
-def test_a_lost_class_goes_back_to_the_snapshot_at_half_the_rate(fitted):
+def test_a_lost_class_goes_back_to_the_last_fitting_weights(fitted):
     engine = fitted
     fit = painted_fit(engine)
     assert set(fit) == {1, 2, 3} and min(fit.values()) > 0.3, fit  # every painted class, fit
     before = weights(engine)
-    guard = FitGuard(engine, bar=0.2, every=5)
-    schedule = PolySchedule(engine.opt_unet, total=20)
-    base = list(schedule.base_lrs)
+    guard = FitGuard(engine, bar=0.3, every=5)
+    assert guard.required == [1, 2, 3] and guard.finish() == ""  # fits: the stage ends as it is
     lose_class(engine, 2)
-    engine.opt_unet.state[next(engine.unet.parameters())]["momentum_buffer"] = torch.zeros(1)
-    assert guard.after_step(3, schedule) == ""  # not a checking step: nothing happens
-    note = guard.after_step(5, schedule)
-    assert "lost" in note and "half the learning rate" in note and "joint stage's start" in note, note
-    after = weights(engine)
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert schedule.base_lrs == [b / 2 for b in base] and not engine.opt_unet.state
-    assert painted_fit(engine)[2] == fit[2] and guard.finish() == ""  # fits again: the stage ends as it is
-
-    lose_class(engine, 3)  # lost after the last check: the stage's end goes back too
+    guard.after_step(5)  # no longer fits: no snapshot of these weights
     note = guard.finish()
-    assert "goes back" in note and engine.config.class_names[3] in note, note
+    assert "goes back" in note and "joint stage's start" in note and engine.config.class_names[2] in note, note
     assert all(torch.equal(before[k], v) for k, v in engine.unet.state_dict().items())
+    assert painted_fit(engine) == fit
 
 
-def test_a_class_never_fit_is_not_guarded(fitted):
+def test_a_class_sam_refines_or_never_fit_is_not_sent_back(fitted, monkeypatch):
     engine = fitted
-    guard = FitGuard(engine, bar=1.01, every=1)  # no class reaches the bar: nothing to lose
-    assert guard.required == []
-    lose_class(engine, 1)
-    assert guard.after_step(1, PolySchedule(engine.opt_unet, total=5)) == "" and guard.finish() == ""
+    before = weights(engine)
+    guard = FitGuard(engine, bar=0.3, every=1)
+    monkeypatch.setattr(engine, "uses_sam", lambda: True)
+    monkeypatch.setattr(engine, "_refiner", SimpleNamespace(trusted={2}))  # SAM answers for class 2
+    lose_class(engine, 2)  # the answer still has it, from the prior and SAM
+    assert guard.finish() == ""
+    engine.unet.load_state_dict(before)
+    lose_class(engine, 3)  # the answer takes it from the Match model alone
+    assert engine.config.class_names[3] in guard.finish()
+    assert FitGuard(engine, bar=1.01, every=1).required == []  # no class reaches the bar: nothing to lose
+
+
+def guarded_run(every: int) -> tuple[dict[str, torch.Tensor], list[ev.Event]]:
+    """A short run whose joint stage is UniMatch's (no SAM: the answer takes every class from the Match model)."""
+    data, _, _ = phantom(shape=(8, 96, 96))
+    seen: list[ev.Event] = []
+    config = tiny(data, method="unimatch", warmup_method="supervised", warmup_iters=50, sam_iters=0,
+                  joint_iters=6, warmup_fit_dice=0.05, joint_fit_every=every)
+    engine = Engine(data, config)
+    engine.run(seen.append)
+    return weights(engine), [e for e in seen if e.kind == ev.LOG and "joint stage lost" in e.message]
 
 
 def test_a_run_the_guard_never_acts_on_is_the_same_run():
-    data, _, _ = phantom(shape=(8, 96, 96))
-
-    def run(every):
-        seen: list[ev.Event] = []
-        config = tiny(data, method="unimatch", warmup_method="supervised", warmup_iters=50, sam_iters=0,
-                      joint_iters=6, warmup_fit_dice=0.05, joint_fit_every=every)
-        engine = Engine(data, config)
-        engine.run(seen.append)
-        return weights(engine), [e.message for e in seen if e.kind == ev.LOG and "lost" in e.message]
-
-    guarded, notes = run(2)
-    plain, _ = run(0)
+    guarded, notes = guarded_run(2)
+    plain, _ = guarded_run(0)
     assert notes == []
     assert all(torch.equal(guarded[k], plain[k]) for k in plain)
+
+
+def test_the_user_is_told_when_the_guard_acts(monkeypatch):
+    monkeypatch.setattr(painted_fit_module, "LOST_DICE", 1.01)  # every class the model fit counts as lost
+    _, notes = guarded_run(2)
+    assert len(notes) == 1 and notes[0].data.get("level") == "warning" and "goes back" in notes[0].message

@@ -125,8 +125,8 @@ def run_stage(engine, name: str, n: int, emit, state: dict, step_times: list[flo
         logs["lr"] = engine.opt_unet.param_groups[0]["lr"]
         emit(ev.PROGRESS, data={"losses": logs, "step_s": step_times[-1]})
         it = engine.stage_iter
-        if guard is not None and (note := guard.after_step(it, sched_unet)):
-            emit(ev.LOG, note, {"level": "warning"})
+        if guard is not None:
+            guard.after_step(it)
         if engine.validator and c.eval_every and (it % c.eval_every == 0 or it == n) and name != "sam":
             if calibrate:  # SAM has been learning: which classes it may refine can change
                 calibrate()
