@@ -28,8 +28,10 @@ pytestmark = pytest.mark.skipif(not (ACDC / "val.list").is_file(), reason=f"ACDC
 # warm-up refit fires on neither, so a slow CI run here is the machine's load, not a longer schedule.
 # With conf_thresh 0.8 (2026-12-05, same machine, same hour): 0.864 (81 s) and 0.831 (71 s); the old 0.95 gave
 # 0.864 and 0.802 (benchmarks/volume_completion.py --volumes 3,7 --k 3 --threads 2 --set conf_thresh=0.95).
+# With the 600-step warm-up (2026-12-06, quiet machine, 2 threads): 0.908 (111 s) and 0.874 (108 s); 200 steps in
+# the same hour gave 0.873 (77 s) and 0.831 (68 s) (--volumes 3 --k 3 --threads 2 --set warmup_iters=200).
 VOLUMES = ("patient085_frame02", "patient087_frame02")
-MIN_GAIN = 0.08  # issue 15's goal over the interpolation; headroom 0.07 and 0.12
+MIN_GAIN = 0.08  # issue 15's goal over the interpolation; headroom 0.11 and 0.17
 SHORT = {"threads": 2}  # the quick preset as the docks run it
 
 
