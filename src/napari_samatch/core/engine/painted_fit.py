@@ -74,7 +74,8 @@ class FitGuard:
         """Back to the last snapshot if the model has lost a class only it answers for; the line for the user,
         or ''."""
         fit = painted_fit(self.engine)
-        lost = [k for k in self.required if fit[k] < LOST_DICE and k not in self._refined_by_sam()]
+        by_sam = self._refined_by_sam()
+        lost = [k for k in self.required if fit[k] < LOST_DICE and k not in by_sam]
         if not lost or self.snapshot is None:
             return ""
         with self.engine.lock:
