@@ -27,6 +27,10 @@ Levers (none changes the code under test; each is switched on and off around one
                      computes it in the tokens' layout by default since 2026-12-04)
   nchw_tokens        SAM's decoder given its image embeddings and positional encoding as NCHW, as before
                      2026-12-05 (``core.sam.base.token_major`` stores them channels-last)
+  stock_two_way      SAM's two-way transformer run per prompt throughout, as before 2026-12-06
+                     (``core.sam.two_way`` computes its first layer's image-side projections once per slice)
+  flat_chunks        SAM's decodes cut every ``DECODE_CHUNK`` / ``LEARN_CHUNK`` prompts wherever that falls, as
+                     before 2026-12-06 (``core.sam.refiner.chunks`` cuts between slices where it can)
   compiled_unet      the Match model through ``torch.compile`` (inductor; on a CPU it needs a C++ compiler;
                      compiled once, in the first warm-up repetition, so the warm-ups absorb it)
   a+b                both levers at once
@@ -99,6 +103,19 @@ def lever(engine, name: str):
         from napari_samatch.core.sam import upscaling
 
         with mock.patch.object(upscaling, "fusable", lambda module: False):
+            yield
+    elif name == "stock_two_way":
+        from napari_samatch.core.sam import base
+
+        with mock.patch.object(base, "two_way", lambda t, images, pos, tokens, index: t(images[index], pos, tokens)):
+            yield
+    elif name == "flat_chunks":
+        from napari_samatch.core.sam import refiner
+
+        def flat(image_index, size):
+            return [(i, min(i + size, len(image_index))) for i in range(0, len(image_index), size)]
+
+        with mock.patch.object(refiner, "chunks", flat):
             yield
     elif name == "nchw_tokens":
         from napari_samatch.core.sam import base

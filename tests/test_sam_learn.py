@@ -46,8 +46,9 @@ def _labels() -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", ["decoder", "full"])
 def test_chunked_learning_gives_the_whole_batchs_gradients(lite, monkeypatch, mode):
-    """Two prompts a chunk (three chunks) against one backward of every prompt's loss at once: the same loss,
-    logits and gradients, in `decoder` mode (cached embeddings) and in `full` mode (through the encoder)."""
+    """At most two prompts a chunk (four chunks, as a chunk cuts no slice's three prompts where it can avoid it)
+    against one backward of every prompt's loss at once: the same loss, logits and gradients, in `decoder` mode
+    (cached embeddings) and in `full` mode (through the encoder)."""
     monkeypatch.setattr(refiner_module, "LEARN_CHUNK", 2)
     config = preset("quick", size=256, device="cpu", sam_mode=mode, sam_train_amp=False)
     refiner = Refiner(lite, config, torch.device("cpu"))
@@ -74,7 +75,9 @@ def test_chunked_learning_gives_the_whole_batchs_gradients(lite, monkeypatch, mo
     assert got.keys() == expected.keys()
     assert any(".image_encoder." in n or n.startswith("image_encoder") for n in got) == (mode == "full")
     for name, g in expected.items():
-        torch.testing.assert_close(got[name], g, atol=1e-6, rtol=2e-3, msg=name)
+        # the same sums in another order: rounding relative to the largest gradient (the encoder's first
+        # convolution sums over every pixel of both slices)
+        torch.testing.assert_close(got[name], g, atol=max(1e-6, 1e-4 * float(g.abs().max())), rtol=2e-3, msg=name)
 
 
 def test_no_prompt_to_learn_from_is_no_loss(lite):

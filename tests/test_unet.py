@@ -108,7 +108,7 @@ def test_class_map_is_argmax_over_classes_ties_included(classes):
 
 
 def test_channels_last_weights_give_the_same_model():
-    """The engine keeps the Match model channels-last on a CPU (core.device.unet_memory_format): a layout
+    """The engine keeps the Match model channels-last on a CPU (core.device.conv_memory_format): a layout
     change only, so the logits and the gradients must be the NCHW model's."""
     torch.manual_seed(0)
     net = UNet(num_classes=4, dropout=(0.0,) * 5).train()  # element-wise dropout draws in memory order

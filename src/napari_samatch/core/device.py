@@ -58,11 +58,13 @@ def autocast(device: torch.device, enabled: bool = True):
     return contextlib.nullcontext()
 
 
-def unet_memory_format(device: torch.device) -> torch.memory_format:
-    """The Match model's weights' layout: channels-last on a CPU, where oneDNN's convolutions then run in
-    their native NHWC layout (the activations follow the weights). Paired on this project's CPU, 2 threads
-    (benchmarks/levers.py, 2026-12-04): the UniMatch step at 4 + 4 0.70x at 256 px and 0.81x at 128 px, the
-    joint step 0.84x at 4 + 4 and 0.92x at 1 + 1. Unmeasured on CUDA (gpu_levers.py has the rung): unchanged.
+def conv_memory_format(device: torch.device) -> torch.memory_format:
+    """The layout of convolutional weights and images: channels-last on a CPU, where oneDNN's convolutions
+    run in their native NHWC layout (the activations follow the weights). Paired on this project's CPU,
+    2 threads: the Match model's UniMatch step at 4 + 4 0.70x at 256 px and 0.81x at 128 px, the joint step
+    0.84x at 4 + 4 and 0.92x at 1 + 1 (benchmarks/levers.py, 2026-12-04); SAM's image encoder (SamBackend.encode)
+    0.8x to encode a slice and 0.72x to train on two (2026-12-06). Unmeasured on CUDA (gpu_levers.py has the
+    Match model's rung): unchanged there.
     """
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 

@@ -32,7 +32,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
 from ..data.slices import SliceSet
 from ..data.store import training_slices
-from ..device import autocast, select_device, set_threads, tune_cpu_allocator, unet_memory_format
+from ..device import autocast, conv_memory_format, select_device, set_threads, tune_cpu_allocator
 from ..errors import CheckpointError, DataError
 from ..match.averaging import WeightAverage
 from ..match.inference import predict_probs
@@ -63,7 +63,7 @@ class Engine:
             tune_cpu_allocator()
         torch.manual_seed(config.seed)
         self.gen = torch.Generator().manual_seed(config.seed)
-        self.unet = UNet(1, config.num_classes).to(self.device, memory_format=unet_memory_format(self.device))
+        self.unet = UNet(1, config.num_classes).to(self.device, memory_format=conv_memory_format(self.device))
         # rank_gen: augmentation and unlabeled sampling, one stream per rank (``gen`` itself when alone);
         # ``gen`` draws the labeled global batch, identically on every rank.
         self.rank_gen = distributed.rank_generator(config.seed) or self.gen

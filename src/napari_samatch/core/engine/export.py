@@ -13,7 +13,7 @@ import torch
 
 from ..checkpoint import check_state_fits, load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
-from ..device import unet_memory_format
+from ..device import conv_memory_format
 from ..errors import CheckpointError
 from ..match.unet import UNet
 
@@ -44,7 +44,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[UN
     check_state_fits(unet, state, f"The Match model in {path}", f"{config.num_classes}-class UNet",
                      "The file was changed or made by another version; export the model again.")
     device = torch.device(device)
-    return unet.to(device, memory_format=unet_memory_format(device)).eval(), config
+    return unet.to(device, memory_format=conv_memory_format(device)).eval(), config
 
 
 def run_file(path: str | Path, name: str, purpose: str) -> Path:

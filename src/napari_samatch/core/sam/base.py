@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import atomic_write_bytes, check_state_fits, load_weights_only
-from ..device import select_device, tune_cpu_allocator
+from ..device import conv_memory_format, select_device, tune_cpu_allocator
 from ..errors import CheckpointError, ConfigError, DataError, StorageError
+from .two_way import two_way
 from .upscaling import PatchUpsample, upscale_masks
 
 MODES = ("decoder", "full")
@@ -71,6 +72,7 @@ class SamBackend(nn.Module, abc.ABC):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.finetune_mode = "full"  # nothing frozen until freeze_for() says otherwise
+        self._encoder_format = torch.contiguous_format  # the encoder's weights' layout (see encode)
         for m in mask_decoder.modules():
             if type(m) is nn.ConvTranspose2d and PatchUpsample.fits(m):
                 m.__class__ = PatchUpsample  # same parameters and state_dict keys, 3-8x faster on a CPU
@@ -99,7 +101,11 @@ class SamBackend(nn.Module, abc.ABC):
             # antialias only matters when shrinking; it avoids aliasing of fine structures.
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                               align_corners=False, antialias=size > self.input_size)
-        return self.image_encoder(self._normalise(x))
+        fmt = conv_memory_format(x.device)
+        if self._encoder_format != fmt:  # once, and again after a move to another kind of device
+            self.image_encoder.to(memory_format=fmt)
+            self._encoder_format = fmt
+        return self.image_encoder(self._normalise(x).contiguous(memory_format=fmt))
 
     # ------------------------------------------------------------------ decoder
     def decode_lowres(
@@ -141,11 +147,13 @@ class SamBackend(nn.Module, abc.ABC):
         sparse, dense = self.prompt_encoder(points=pts, boxes=bx, masks=None)
 
         md = self.mask_decoder
-        src = token_major(embeddings[image_index.to(dev)] + dense)
+        # the images some prompt uses, each once (no mask prompts: the dense embedding is one vector)
+        used, index = torch.unique(image_index.to(dev), return_inverse=True)
+        images = token_major(embeddings[used] + dense[:1])
         pos = token_major(self.prompt_encoder.get_dense_pe())  # (1, C, h, w): broadcasts over prompts
         out_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse.to(out_tokens.dtype)], dim=1)
-        hs, src = md.transformer(src, pos, tokens)
+        hs, src = two_way(md.transformer, images, pos, tokens, index)
         # single-mask output = mask token 0; skip the three multimask heads entirely
         hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :])  # (P, C/8)
         masks = upscale_masks(md.output_upscaling, src, hyper, h, w)

@@ -33,6 +33,24 @@ DECODE_CHUNK = 4
 LEARN_CHUNK = 4
 
 
+def chunks(image_index: torch.Tensor, size: int) -> list[tuple[int, int]]:
+    """Runs of at most ``size`` prompts, cut between slices where possible: SAM's decoder computes a slice's
+    image side once for all of its prompts in a run (core/sam/two_way.py), so a slice split across two runs
+    pays for it twice. A slice with more than ``size`` prompts takes several runs of its own."""
+    index = image_index.tolist()
+    runs, start = [], 0
+    while start < len(index):
+        end = min(start + size, len(index))
+        if end < len(index) and index[end] == index[end - 1]:  # would cut a slice: end the run before it
+            first = end - 1
+            while first > start and index[first - 1] == index[end]:
+                first -= 1
+            end = first if first > start else end
+        runs.append((start, end))
+        start = end
+    return runs
+
+
 def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
     """Classes that are rings around another class on most of the labeled slices where they appear.
 
@@ -147,8 +165,8 @@ class Refiner:
             amp = autocast(self.device, self.config.amp)
         else:
             amp = contextlib.nullcontext()
-        for i in range(0, len(prompts), DECODE_CHUNK):
-            part = prompts.select(torch.arange(i, min(i + DECODE_CHUNK, len(prompts))))
+        for start, end in chunks(prompts.image_index, DECODE_CHUNK):
+            part = prompts.select(torch.arange(start, end))
             with amp:
                 lg, io = self.sam.decode(emb, part.image_index, part.boxes, part.points, part.point_labels,
                                          frame_size=self.config.size, out_size=out_size)
@@ -305,8 +323,8 @@ class Refiner:
         leaf = emb.detach().requires_grad_() if emb.requires_grad else emb
         logits, iou, total = [], [], emb.new_zeros(())
         with torch.enable_grad():
-            for i in range(0, n, LEARN_CHUNK):
-                idx = torch.arange(i, min(i + LEARN_CHUNK, n))
+            for start, end in chunks(prompts.image_index, LEARN_CHUNK):
+                idx = torch.arange(start, end)
                 lg, io = self.decode(leaf, prompts.select(idx))
                 loss = mask_loss(lg, targets[idx.to(targets.device)]) * (weight * len(idx) / n)
                 loss.backward()
