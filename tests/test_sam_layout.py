@@ -79,18 +79,24 @@ def test_the_encoder_runs_channels_last_on_a_cpu_with_the_same_embeddings(lite):
 @pytest.mark.parametrize(("train_amp", "grad"), [(True, True), (True, False), (False, True)])
 def test_full_mode_trains_the_encoder_in_bf16_only_when_asked(lite, train_amp, grad):
     """In `full` mode the encoder's forward that SAM learns from runs under bf16 autocast with
-    ``sam_train_amp`` (on a CPU with fast bf16); an encode without gradients stays float32, and the
-    embeddings handed on are float32 either way."""
+    ``sam_train_amp`` (on a CPU with fast bf16), the whole batch at once; an encode without gradients (eval
+    mode) stays float32 and goes a slice at a time; the embeddings handed on are float32 either way."""
     if train_amp and grad and not cpu_has_fast_bf16():
         pytest.skip("this CPU has no fast bf16, so autocast stays float32")
     config = preset("quick", size=64, device="cpu", sam_mode="full", sam_train_amp=train_amp)
     refiner = Refiner(lite, config, torch.device("cpu"))
+    images = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(3))
     seen = []
-    hook = lite.image_encoder.neck[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = lite.image_encoder.neck[0].register_forward_hook(lambda m, i, o: seen.append((o.dtype, o.shape[0])))
     try:
         with torch.set_grad_enabled(grad):
-            emb = refiner.embeddings([0], torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(3)))
+            emb = refiner.embeddings([0, 1], images)
     finally:
         hook.remove()
-    assert emb.dtype == torch.float32 and emb.shape == (1, 256, 64, 64)
-    assert seen == [torch.bfloat16 if train_amp and grad else torch.float32]
+    assert emb.dtype == torch.float32 and emb.shape == (2, 256, 64, 64)
+    if grad:
+        assert seen == [(torch.bfloat16 if train_amp else torch.float32, 2)]
+    else:
+        assert seen == [(torch.float32, 1)] * 2
+        with torch.no_grad():
+            assert torch.allclose(emb, lite.encode(images), atol=1e-4, rtol=0)
