@@ -94,9 +94,12 @@ class RunConfig:
     # SAM's training decodes (the loss's forward and backward) under bf16 autocast too, on CPUs with fast
     # bf16 only: the joint step 0.68-0.79x, SAM fine-tuned on ACDC to the same Dice (0.874 after 100 steps
     # both ways). Not on a GPU, where the step waits on the host (0.158 s against 0.148 s on an H200).
+    # In `full` mode also the encoder's forward it learns from: the 1 + 1 step 3.70 s against 5.57, peak
+    # 3.45 GiB against 4.58 (with the encoder channels-last; docs/benchmarks.md, "SAM's side of the step").
     sam_train_amp: bool = True
     # SAM's image encoder under the run's bf16 autocast where it only encodes (decoder mode: the cached
-    # embeddings of every slice), on devices with fast bf16; `full` mode trains the encoder in float32.
+    # embeddings of every slice), on devices with fast bf16; in `full` mode its training forward follows
+    # sam_train_amp instead.
     # Off: 0.72x the encode time on this project's CPU, but masks from ground-truth boxes on 205 ACDC slices
     # lost 0.010 LV Dice (docs/benchmarks.md, "The image encoder in bf16"); for very large volumes only.
     sam_encode_amp: bool = False

@@ -29,6 +29,7 @@ from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 # (Refiner.learn). At 4 + 4, 256 px, 2 threads: the joint step's time the same as with 8 and with one backward
 # of all 24 prompts (paired ratios 0.993 and 0.996), its peak RSS 3.10 GiB against 3.28 (decodes in 8s) and
 # 4.40 (one backward); 2 prompts a backward would give 2.80 GiB for 1.036x the time (docs/benchmarks.md).
+# At most this many: a run ends early rather than cut a slice's prompts apart (chunks()).
 DECODE_CHUNK = 4
 LEARN_CHUNK = 4
 

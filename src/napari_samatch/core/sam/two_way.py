@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 def _heads(x: Tensor, n: int) -> Tensor:
     b, t, c = x.shape
-    return x.view(b, t, n, c // n).transpose(1, 2)
+    return x.reshape(b, t, n, c // n).transpose(1, 2)
 
 
 def _attend(attn: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -43,13 +43,12 @@ def shareable(transformer: nn.Module) -> bool:
 
 
 def two_way(transformer: nn.Module, images: Tensor, pos: Tensor, tokens: Tensor,
-            image_index: Tensor) -> tuple[Tensor, Tensor]:
-    """``transformer(images[image_index], pos, tokens)`` for prompts ``tokens`` (P, T, C) on ``images`` (B, C, h, w).
+            index: Tensor) -> tuple[Tensor, Tensor]:
+    """``transformer(images[index], pos, tokens)`` for prompts ``tokens`` (P, T, C) on ``images`` (B, C, h, w).
 
     Returns the prompt tokens (P, T, C) and the image tokens (P, h*w, C), as the stock forward does. Shares
     only when there are more prompts than images: pass only the images some prompt uses.
     """
-    index = image_index
     if not shareable(transformer) or index.numel() <= images.shape[0]:
         return transformer(images[index], pos, tokens)  # nothing to share
     keys = images.flatten(2).transpose(1, 2)  # (B, h*w, C)
