@@ -140,3 +140,30 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write(tmp_path: Path)
     atomic_write_bytes(tmp_path / "last.pt", b"whole")
     assert (tmp_path / "last.pt").read_bytes() == b"whole"
     assert not dead.exists() and mine.exists() and other.exists()
+
+
+def test_unchanged_arrays_are_not_written_again(tmp_path: Path) -> None:
+    """An autosave every 30 s must not rewrite a CT volume's image (and unchanged labels) each time: the new
+    generation names the old file, whose bytes and hash are the same; a changed or damaged file is rewritten."""
+    st = _state(np.random.default_rng(2))
+    folder = tmp_path / "s"
+    save_session(folder, st)
+    first = json.loads((folder / "session.json").read_text())["files"]
+    image = folder / first["image"]["path"]
+    written = image.stat().st_mtime_ns
+    st.labels[0, 0, 0] = 1  # only the labels change
+    save_session(folder, st)
+    second = json.loads((folder / "session.json").read_text())["files"]
+    assert second["labels"] != first["labels"] and not (folder / first["labels"]["path"]).exists()
+    for key in ("image", "confidence", "pseudo_labels"):
+        assert second[key] == first[key]  # the generation-1 file, kept
+    assert image.stat().st_mtime_ns == written
+    back = load_session(folder)  # every hash checked
+    np.testing.assert_array_equal(back.image, st.image)
+    np.testing.assert_array_equal(back.labels, st.labels)
+
+    image.write_bytes(image.read_bytes()[:-4])  # damaged since: the next save writes it afresh
+    save_session(folder, st)
+    third = json.loads((folder / "session.json").read_text())["files"]
+    assert third["image"]["path"] != first["image"]["path"] and third["image"]["sha256"] == first["image"]["sha256"]
+    np.testing.assert_array_equal(load_session(folder).image, st.image)
