@@ -171,3 +171,25 @@ def test_one_painted_slice_of_a_volume_is_called_a_gamble_and_nothing_else_is():
     assert one_painted_slice_note(["v", "v"], [True, False]) is None  # nothing between to guess
     assert one_painted_slice_note(["a"] * 3 + ["b"] * 3, [True, False, False, True, False, False]) is None  # a cohort
     assert one_painted_slice_note(["a", "b", "c"], [True, False, False]) is None  # 2D images, one each
+
+
+def test_the_first_result_at_native_size_is_the_answers_prior_without_its_wide_copies():
+    """The run's first preview of a whole volume takes the native prior as stored (uint8 labels, float16
+    confidence) instead of its long and float tensors (1 GB at once for a 300 x 512 x 512 CT): the same preview."""
+    from napari_samatch.core.config import preset
+    from napari_samatch.core.data.datasets import phantom
+    from napari_samatch.core.engine.engine import Engine
+    from napari_samatch.core.engine.review import _Answer, _slice_confidence, slice_confidence
+
+    data, _, _ = phantom(shape=(40, 48, 64))
+    config = preset("quick", size=32, device="cpu", threads=1, eval_every=0, checkpoint_every=0)
+    engine = Engine(data, config.replace(num_classes=data.num_classes, class_names=list(data.class_names)))
+    every = list(range(len(data)))
+    first = engine.prior_preview(every, native=True)
+    labels, conf = _Answer(engine, every, native=True).prior[:2]  # the answer's own prior
+    assert first["raw"].dtype == np.uint8 and first["confidence"].dtype == np.float32
+    assert np.array_equal(first["raw"], labels.numpy()) and np.array_equal(first["confidence"], conf.numpy())
+    assert first["raw"].shape == (40, 48, 64)
+    # the per-slice score, a few slices at a time, is the whole stack's to the bit
+    assert np.array_equal(first["slice_confidence"], _slice_confidence(first["raw"], first["confidence"]).tolist())
+    assert slice_confidence(first["raw"][:0], first["confidence"][:0]).shape == (0,)

@@ -32,6 +32,12 @@ PRIOR_CHECK: float | None = 0.75
 def slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     """A slice's score for review (N,): the mean confidence over its structures; background alone is
     nearly always confident and would hide a doubtful structure (a slice with none: its mean)."""
+    # a few slices at a time: a whole CT volume's products would be another 0.4 GB at once (same numbers)
+    return np.concatenate([_slice_confidence(labels[s:s + 16], confidence[s:s + 16])
+                           for s in range(0, len(labels), 16)] or [np.zeros(0)])
+
+
+def _slice_confidence(labels: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     fg = labels > 0
     sums = (confidence * fg).reshape(len(labels), -1).sum(1)
     counts = fg.reshape(len(labels), -1).sum(1)
@@ -109,10 +115,15 @@ class _Answer:
 def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> dict[str, Any] | None:
     """The prior alone as a preview (the first result a user sees, before any training); None without one."""
     indices = list(indices)
-    prior = _Answer(engine, indices, native).prior
-    if prior is None:
-        return None
-    labels, conf = prior[0].cpu().numpy().astype(np.uint8), prior[1].cpu().numpy().astype(np.float32)
+    if native and engine.native_prior is not None:  # what _Answer would take, without its long and float copies
+        native_shape(engine, indices)  # slices of one size, as _Answer checks
+        labels, conf16 = engine.native_prior.arrays(indices)
+        labels, conf = labels.astype(np.uint8, copy=False), conf16.astype(np.float32)
+    else:
+        prior = _Answer(engine, indices, native).prior
+        if prior is None:
+            return None
+        labels, conf = prior[0].cpu().numpy().astype(np.uint8), prior[1].cpu().numpy().astype(np.float32)
     return {"indices": indices, "raw": labels, "confidence": conf,
             "slice_confidence": slice_confidence(labels, conf).tolist()}
 
