@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from napari_samatch.core.data import datasets
 from napari_samatch.core.data.sample import make_cardiac_phantom, sample_labeled_slices
-from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_labels_back
+from napari_samatch.core.data.slices import SliceSet, normalise_slice, resize_images, resize_labels_back
 from napari_samatch.core.data.volume import Volume
 from napari_samatch.core.errors import DataError
 
@@ -131,3 +132,17 @@ def test_subset_and_post_init_checks():
     assert sub.ids == ["c", "a"] and sub.labeled_indices() == [1]
     with pytest.raises(DataError):
         SliceSet([np.zeros((4, 4))], [None, None], [None], ["a"], ["g"], [0], 2)
+
+
+def test_resizing_a_few_slices_at_a_time_gives_the_whole_stacks_values():
+    """resize_images goes 16 slices at a time (a CT volume's stack would be 300 MB more at once): the values
+    are those of resampling the whole stack in one call."""
+    rng = np.random.default_rng(0)
+    big = [rng.random((40, 56)).astype(np.float32) for _ in range(37)]
+    small = [rng.random((24, 24)).astype(np.float32) for _ in range(3)]
+    images = big[:20] + small + big[20:]  # two shapes, interleaved
+    out = resize_images(images, 32)
+    whole = F.interpolate(torch.from_numpy(np.stack(big))[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.equal(torch.cat([out[:20], out[23:]]), whole)
+    assert torch.equal(out[20:23], F.interpolate(torch.from_numpy(np.stack(small))[:, None], size=(32, 32),
+                                                 mode="bilinear", align_corners=False))

@@ -236,9 +236,12 @@ def resize_images(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     """(N, 1, S, S) float32 from 2D arrays of any sizes, bilinear (slices of one size resized together)."""
     out = torch.zeros((len(images), 1, size, size), dtype=torch.float32)
     for shape, ix in _by_shape(images).items():
-        batch = torch.from_numpy(np.stack([images[i] for i in ix]).astype(np.float32, copy=False))[:, None]
-        out[ix] = batch if shape == (size, size) else F.interpolate(batch, size=(size, size), mode="bilinear",
-                                                                    align_corners=False)
+        # 16 slices at a time: a CT volume's stack at its own size would be another 300 MB at once (each
+        # slice is resampled alone either way, so the values are the same)
+        for part in (ix[s:s + 16] for s in range(0, len(ix), 16)):
+            batch = torch.from_numpy(np.stack([images[i] for i in part]).astype(np.float32, copy=False))[:, None]
+            out[part] = batch if shape == (size, size) else F.interpolate(batch, size=(size, size), mode="bilinear",
+                                                                          align_corners=False)
     return out
 
 
