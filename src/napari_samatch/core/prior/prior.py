@@ -90,7 +90,7 @@ class NativePrior:
 
     def arrays(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Prior labels (N,H,W) uint8 and confidence (N,H,W) float16 of slices of one shape, as stored: a CT
-        volume's whole prior is 75 + 150 MB so, where ``of``'s long and float copies of it are 630 + 315 MB."""
+        volume's whole prior is 75 + 150 MB this way, and 630 + 315 MB as :meth:`of`'s long and float tensors."""
         labels, conf = [], []
         for i in indices:
             group = self.data.groups[i]
