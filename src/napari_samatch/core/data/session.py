@@ -112,7 +112,7 @@ class _Hasher:
         return len(data)
 
 
-def _store_array(folder: Path, name: str, arr: np.ndarray, prev: dict | None) -> dict[str, str]:
+def _store_array(folder: Path, name: str, arr: np.ndarray, prev: Any) -> dict[str, str]:
     """``arr`` as ``folder/name`` in .npy format, unless the session already holds these exact bytes (``prev``).
 
     An autosave runs every 30 s: the image never changes and the labels seldom do, and rewriting a CT volume's
@@ -123,13 +123,8 @@ def _store_array(folder: Path, name: str, arr: np.ndarray, prev: dict | None) ->
     hasher = _Hasher()
     np.save(hasher, arr, allow_pickle=False)
     digest = hasher.digest.hexdigest()
-    if prev and prev.get("sha256") == digest:
-        try:
-            kept = inside(folder, prev["path"])
-            if kept.is_file() and kept.stat().st_size == hasher.size:
-                return dict(prev)
-        except (DataError, OSError, KeyError, TypeError):
-            pass
+    if _still_there(folder, prev, digest, hasher.size):
+        return dict(prev)
     with atomic_paths([folder / name]) as (tmp,):
         with open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
@@ -175,8 +170,7 @@ def save_session(folder: str | os.PathLike, state: SessionState, checkpoint: str
     for key in _ARRAYS:
         arr = getattr(state, key)
         if arr is not None:
-            prev = previous.get(key)
-            files[key] = _store_array(folder, f"{key}.{gen}.npy", np.asarray(arr), prev if isinstance(prev, dict) else None)
+            files[key] = _store_array(folder, f"{key}.{gen}.npy", np.asarray(arr), previous.get(key))
     if state.prompts:
         put("prompts", f"prompts.{gen}.npz", _npz_bytes(state.prompts))
     cohort = None
@@ -219,15 +213,23 @@ def _store_checkpoint(folder: Path, ckpt: Path, old: dict | None, gen: int) -> d
                               "the session. Train a model (or stop a run) first.") from exc
     digest = sha256_bytes(data)
     prev = ((old or {}).get("files") or {}).get("checkpoint")
-    if prev and prev.get("sha256") == digest:
-        try:
-            if inside(folder, prev["path"]).is_file():
-                return dict(prev)
-        except DataError:
-            pass
+    if _still_there(folder, prev, digest):
+        return dict(prev)
     rel = f"models/model.{gen}.pt"
     atomic_write_bytes(folder / rel, data)
     return {"path": rel, "sha256": digest}
+
+
+def _still_there(folder: Path, prev: Any, digest: str, size: int | None = None) -> bool:
+    """Whether the previous generation's entry ``prev`` holds these bytes (``digest``) and its file is still in
+    the folder (with ``size`` bytes, when given), so the new generation can name it instead of writing it."""
+    if not isinstance(prev, dict) or prev.get("sha256") != digest:
+        return False
+    try:
+        kept = inside(folder, prev["path"])
+        return kept.is_file() and (size is None or kept.stat().st_size == size)
+    except (DataError, OSError, KeyError, TypeError):
+        return False
 
 
 def _remove_stale(folder: Path, old: dict | None, files: dict[str, dict[str, str]]) -> None:

@@ -117,8 +117,8 @@ def prior_preview(engine: Any, indices: Sequence[int], native: bool = False) -> 
     indices = list(indices)
     if native and engine.native_prior is not None:  # what _Answer would take, without its long and float copies
         native_shape(engine, indices)  # slices of one size, as _Answer checks
-        labels, conf16 = engine.native_prior.arrays(indices)
-        labels, conf = labels.astype(np.uint8, copy=False), conf16.astype(np.float32)
+        labels, conf16 = engine.native_prior.arrays(indices)  # uint8 already
+        conf = conf16.astype(np.float32)
     else:
         prior = _Answer(engine, indices, native).prior
         if prior is None:
