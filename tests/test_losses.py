@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_samatch.core.errors import ConfigError
-from napari_samatch.core.match.losses import dice_loss, supervised_loss, unimatch_total, unsupervised_loss
+from napari_samatch.core.match.losses import dice_loss, one_hot, supervised_loss, unimatch_total, unsupervised_loss
 
 
 def case(seed: int = 0, b: int = 2, c: int = 4, s: int = 16):
@@ -93,3 +93,13 @@ def test_unsupervised_ce_is_normalised_by_valid_pixels():
 def test_unimatch_total_weights():
     t = unimatch_total(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(4.0), torch.tensor(8.0))
     assert t.item() == pytest.approx((1 + 0.5 + 1 + 4) / 2)
+
+
+def test_one_hot_is_torchs_without_reading_the_labels_back():
+    """``one_hot`` gives ``F.one_hot(...).permute(0, 3, 1, 2)``'s values in its memory layout (so the Dice sums add up
+    in the same order), and a label outside the classes gets no class instead of a check that waits for the device."""
+    _, target = case(3)
+    ours, torchs = one_hot(target, 4), F.one_hot(target, 4).permute(0, 3, 1, 2)
+    assert ours.dtype == torch.bool and ours.shape == torchs.shape and ours.stride() == torchs.stride()
+    assert torch.equal(ours.long(), torchs)
+    assert not one_hot(torch.full((1, 2, 2), 7), 4).any()

@@ -41,7 +41,7 @@ from ..prior.prior import NativePrior, one_painted_slice_note, slice_prior
 from ..sam.refiner import Refiner
 from . import distributed, faults, loop, persistence, review
 from . import events as ev
-from .steps import samatch_pseudo, supervised_step, unimatch_step
+from .steps import read_logs, samatch_pseudo, supervised_step, unimatch_step
 from .validation import Validator
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ class Engine:
             loss = self.refiner.learn_labeled(ix.tolist(), x, y, generator=self.rank_gen)  # backpropagated
             distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
-            return {"loss": loss.item(), "loss_sam_x": loss.item()}
+            return read_logs({"loss": loss, "loss_sam_x": loss})
 
         self.train_unet.train()
         if method == "supervised" or len(self.unlabeled_idx) == 0:
@@ -279,7 +279,7 @@ class Engine:
             self.opt_unet.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_unet.step()
-            return logs
+            return read_logs(logs)
 
         iu = self._sample(distributed.strided(self.unlabeled_idx), c.batch_unlabeled, self.rank_gen)
         u = self.images[iu]
@@ -288,7 +288,7 @@ class Engine:
             self.opt_unet.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_unet.step()
-            return logs
+            return read_logs(logs)
 
         # SAM-Match: SAM refines the pseudo-labels and keeps learning (labeled GT boxes + unlabeled).
         train_sam = c.sam_every > 0 and self.stage_iter % c.sam_every == 0
@@ -305,10 +305,10 @@ class Engine:
         loss.backward()  # the Match model's one backward: DDP all-reduces its gradients here
         self.opt_unet.step()
         if train_sam:  # after the Match model's backward, so that its graph and SAM's are never alive together
-            logs["loss_sam_x"] = self.refiner.learn_labeled(ix.tolist(), x, y, generator=self.rank_gen).item()
+            logs["loss_sam_x"] = self.refiner.learn_labeled(ix.tolist(), x, y, generator=self.rank_gen)
             distributed.average_gradients(self._sam_params())
             self.opt_sam.step()
-        return logs
+        return read_logs(logs)
 
     # ----------------------------------------------------------------- results
     def track_best(self, metrics: dict) -> None:

@@ -1,7 +1,8 @@
 """One training step of each kind: supervised, UniMatch, SAM fine-tuning, and the joint SAM-Match step.
 
 Every function takes canonical (un-augmented) slices, draws its own augmentation from the generator,
-and returns a scalar loss to backpropagate plus a dict of plain floats for the log. UniMatch and
+and returns a scalar loss to backpropagate plus a dict of detached scalar tensors for the log (the engine reads
+them once the whole step is queued: on a GPU each ``.item()`` makes the host wait for the device). UniMatch and
 SAM-Match share one function and differ only in where the pseudo-label comes from: the Match model's
 own weak-view prediction, or SAM's refinement of it.
 """
@@ -24,18 +25,24 @@ from ..sam.refiner import Refiner
 PseudoFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
 
 
+def read_logs(logs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """A step's log as plain floats, read from the device at once: one wait for it rather than one per value."""
+    names = list(logs)
+    return dict(zip(names, torch.stack([logs[n].float().reshape(()) for n in names]).tolist())) if names else {}
+
+
 def weak_labeled(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     theta = random_geometry(x.shape[0], gen).to(x.device)
     return warp(x, theta, mode="bilinear"), warp(y, theta, mode="nearest", fill=0)
 
 
 def supervised_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-                    amp=None) -> tuple[torch.Tensor, dict[str, float]]:
+                    amp=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     x_w, y_w = weak_labeled(x, y, gen)
     with amp:
         logits = unet(x_w)
     loss = supervised_loss(logits.float(), y_w)
-    return loss, {"loss": loss.item(), "loss_x": loss.item()}
+    return loss, {"loss": loss.detach(), "loss_x": loss.detach()}
 
 
 def self_pseudo(probs_w: torch.Tensor, theta: torch.Tensor):
@@ -46,7 +53,7 @@ def self_pseudo(probs_w: torch.Tensor, theta: torch.Tensor):
 
 def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, gen: torch.Generator,
                   conf_thresh: float, pseudo_fn: PseudoFn = self_pseudo,
-                  amp=None) -> tuple[torch.Tensor, dict[str, float]]:
+                  amp=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The UniMatch loss on a labeled batch (x, y) and an unlabeled batch u.
 
     CutMix partners are the same unlabeled batch rolled by one (and their pseudo-labels rolled alike),
@@ -82,10 +89,10 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
     loss_s2 = unsupervised_loss(pred_s2, p2, c2, conf_thresh)
     loss_fp = unsupervised_loss(pred_fp, pseudo, conf, conf_thresh)
     loss = unimatch_total(loss_x, loss_s1, loss_s2, loss_fp)
-    logs = {"loss_x": loss_x.item(), "loss_s": (loss_s1.item() + loss_s2.item()) / 2, "loss_fp": loss_fp.item(),
-            "mask_ratio": (conf >= conf_thresh).float().mean().item()}
-    logs.update({name: float(value) for name, value in extra.items()})
-    logs["loss"] = loss.item() + sum(float(v) for v in extra.values())
+    logs = {"loss_x": loss_x.detach(), "loss_s": (loss_s1.detach() + loss_s2.detach()) / 2,
+            "loss_fp": loss_fp.detach(), "mask_ratio": (conf >= conf_thresh).float().mean()}
+    logs.update({name: value.detach() for name, value in extra.items()})
+    logs["loss"] = loss.detach() + sum(v.detach() for v in extra.values())
     return loss, logs
 
 

@@ -8,15 +8,22 @@ and a batch with no valid pixel gives a loss of 0 (with a gradient of 0), never 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["dice_loss", "supervised_loss", "unsupervised_loss", "unimatch_total", "IGNORE"]
+__all__ = ["dice_loss", "one_hot", "supervised_loss", "unsupervised_loss", "unimatch_total", "IGNORE"]
 
 IGNORE = -1  #: label value of pixels that no loss looks at
 DICE_SMOOTH = 1e-5  # as UniMatch's DiceLoss: an absent class predicted absent scores Dice 1
+
+
+def one_hot(labels: Tensor, num_classes: int) -> Tensor:
+    """``F.one_hot(labels, num_classes).permute(0, 3, 1, 2)`` as bool, in the same memory layout, without its range
+    check (which reads the labels' extremes back to the host); a label outside 0..num_classes-1 gets no class."""
+    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).permute(0, 3, 1, 2)
 
 
 def _labels(target: Tensor, logits: Tensor) -> Tensor:
@@ -52,7 +59,7 @@ def dice_loss(
         valid = valid & ~ignore_mask.bool().reshape(valid.shape)
     v = valid[:, None].to(logits.dtype)
     prob = logits.float().softmax(dim=1) * v
-    onehot = F.one_hot(target.clamp_min(0), c).permute(0, 3, 1, 2).to(prob.dtype) * v
+    onehot = one_hot(target.clamp_min(0), c).to(prob.dtype) * v
     dims = (0, 2, 3)
     inter = (prob * onehot).sum(dims)
     denom = (prob * prob).sum(dims) + onehot.sum(dims)  # onehot^2 == onehot

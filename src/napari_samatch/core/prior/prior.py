@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
+from ..match.losses import one_hot
 from .interpolation import interpolate_labels
 
 __all__ = ["slice_prior", "NativePrior", "fuse_prior", "gate_to_prior", "prompts_on_prior", "one_painted_slice_note"]
@@ -128,7 +128,7 @@ def fuse_prior(probs: torch.Tensor, prior_labels: torch.Tensor, prior_conf: torc
     if weight <= 0:
         return probs
     w = (weight * prior_conf).clamp(0, 1).to(probs.dtype)[:, None]
-    onehot = F.one_hot(prior_labels.clamp(min=0), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    onehot = one_hot(prior_labels.clamp(min=0), probs.shape[1]).to(probs.dtype)
     return (1 - w) * probs + w * onehot
 
 

@@ -64,10 +64,13 @@ def fuse(
                         "upsample SAM's low-resolution masks to the prompts' frame first.")
     dev = mask_logits.device
     prompts = prompts.to(dev)
-    if n and (int(prompts.class_index.min()) < 1 or int(prompts.class_index.max()) >= num_classes):
-        raise DataError(f"A prompt's class lies outside 1..{num_classes - 1}; check num_classes.")
-    if n and (int(prompts.image_index.min()) < 0 or int(prompts.image_index.max()) >= b):
-        raise DataError(f"A prompt's image lies outside 0..{b - 1}; check the prompts' num_images.")
+    if n:  # the four extremes read back at once: on a GPU each read waits for the device
+        ci, ii = prompts.class_index.long(), prompts.image_index.long()
+        c_lo, c_hi, i_lo, i_hi = torch.stack([ci.min(), ci.max(), ii.min(), ii.max()]).tolist()
+        if c_lo < 1 or c_hi >= num_classes:
+            raise DataError(f"A prompt's class lies outside 1..{num_classes - 1}; check num_classes.")
+        if i_lo < 0 or i_hi >= b:
+            raise DataError(f"A prompt's image lies outside 0..{b - 1}; check the prompts' num_images.")
 
     # pseudo-labels are targets: no gradient flows through the fusion
     prob = torch.sigmoid(mask_logits.detach().float()).reshape(n, hw)

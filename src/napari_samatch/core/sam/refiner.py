@@ -25,19 +25,24 @@ from .cache import EmbeddingCache
 from .fusion import fuse
 from .prompts import Prompts, prompts_from_labels, prompts_from_probs
 
-# Prompts decoded together (Refiner.decode), and decoded and backpropagated together when SAM learns
-# (Refiner.learn). At 4 + 4, 256 px, 2 threads: the joint step's time the same as with 8 and with one backward
-# of all 24 prompts (paired ratios 0.993 and 0.996), its peak RSS 3.10 GiB against 3.28 (decodes in 8s) and
-# 4.40 (one backward); 2 prompts a backward would give 2.80 GiB for 1.036x the time (docs/benchmarks.md).
-# At most this many: a run ends early rather than cut a slice's prompts apart (chunks()).
+# Prompts decoded together (Refiner.decode), and decoded and backpropagated together when SAM learns (Refiner.learn),
+# on a CPU. At 4 + 4, 256 px, 2 threads: the joint step's time the same as with 8 and with one backward of all 24
+# prompts (paired ratios 0.993 and 0.996), its peak RSS 3.10 GiB against 3.28 (decodes in 8s) and 4.40 (one
+# backward); 2 prompts a backward: 2.80 GiB for 1.036x the time (docs/benchmarks.md). At most this many: a run
+# ends early rather than cut a slice's prompts apart (chunks()).
 DECODE_CHUNK = 4
 LEARN_CHUNK = 4
+# On a GPU, where the step waits on the host and memory is plentiful, runs of up to 64: each run dispatches ~1 200
+# ops whatever its size, and a 4 + 4 step 5 100 instead of 14 300 (benchmarks/step_ops.py; docs/benchmarks.md).
+GPU_CHUNK = 64
 
 
 def chunks(image_index: torch.Tensor, size: int) -> list[tuple[int, int]]:
     """Runs of at most ``size`` prompts, cut between slices where possible: SAM's decoder computes a slice's
     image side once for all of its prompts in a run (core/sam/two_way.py), so a slice split across two runs
     pays for it twice. A slice with more than ``size`` prompts takes several runs of its own."""
+    if len(image_index) <= size:  # one run, without reading the indices back from a GPU
+        return [(0, len(image_index))] if len(image_index) else []
     index = image_index.tolist()
     runs, start = [], 0
     while start < len(index):
@@ -55,11 +60,10 @@ def chunks(image_index: torch.Tensor, size: int) -> list[tuple[int, int]]:
 def ring_classes(labels: torch.Tensor, num_classes: int) -> set[int]:
     """Classes that are rings around another class on most of the labeled slices where they appear.
 
-    A box cannot tell a ring from the disk it encloses: SAM returns the disk and only the nested fusion
-    carves the ring out again, exactly when the inner class's own mask is exact. From the painted slices'
-    exact boxes that can look fine (the phantom's ring: Dice 0.87), from the Match model's boxes it does
-    not (0.75 where the Match model had 0.93), so a ring keeps the Match model's label.
-    """
+    A box cannot tell a ring from the disk it encloses: SAM returns the disk and only the nested fusion carves the
+    ring out again, exactly when the inner class's own mask is exact. From the painted slices' exact boxes that can
+    look fine (the phantom's ring: Dice 0.87), from the Match model's boxes it does not (0.75 where the Match model
+    had 0.93), so a ring keeps the Match model's label."""
     from scipy.ndimage import binary_fill_holes
 
     lab = labels.detach().cpu().numpy()
@@ -92,8 +96,7 @@ class PriorCheck:
 
 @dataclass
 class Refined:
-    """A refined pseudo-label batch, in the S x S training frame (prompts always; the rest at the slices' own
-    size for an answer, see ``Refiner.refine``)."""
+    """A refined pseudo-label batch in the S x S training frame (for an answer at the slices' own size but prompts)."""
 
     labels: torch.Tensor        # (B,S,S) long
     confidence: torch.Tensor    # (B,S,S) float in [0,1]
@@ -173,7 +176,7 @@ class Refiner:
             amp = autocast(self.device, self.config.amp)
         else:
             amp = contextlib.nullcontext()
-        for start, end in chunks(prompts.image_index, DECODE_CHUNK):
+        for start, end in self.runs(prompts, DECODE_CHUNK):
             part = prompts.select(torch.arange(start, end))
             with amp:
                 lg, io = self.sam.decode(emb, part.image_index, part.boxes, part.points, part.point_labels,
@@ -181,6 +184,10 @@ class Refiner:
             logits.append(lg.float())
             iou.append(io.float())
         return (logits[0], iou[0]) if len(logits) == 1 else (torch.cat(logits), torch.cat(iou))
+
+    def runs(self, prompts: Prompts, size: int) -> list[tuple[int, int]]:
+        """:func:`chunks` of ``prompts``, ``size`` at most on a CPU and ``GPU_CHUNK`` on a GPU."""
+        return chunks(prompts.image_index, max(size, GPU_CHUNK) if self.device.type == "cuda" else size)
 
     @property
     def bbox_shift(self) -> int:
@@ -331,7 +338,7 @@ class Refiner:
         leaf = emb.detach().requires_grad_() if emb.requires_grad else emb
         logits, iou, total = [], [], emb.new_zeros(())
         with torch.enable_grad():
-            for start, end in chunks(prompts.image_index, LEARN_CHUNK):
+            for start, end in self.runs(prompts, LEARN_CHUNK):
                 idx = torch.arange(start, end)
                 lg, io = self.decode(leaf, prompts.select(idx))
                 loss = mask_loss(lg, targets[idx.to(targets.device)]) * (weight * len(idx) / n)
