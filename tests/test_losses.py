@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_samatch.core.device import one_hot
 from napari_samatch.core.errors import ConfigError
-from napari_samatch.core.match.losses import dice_loss, one_hot, supervised_loss, unimatch_total, unsupervised_loss
+from napari_samatch.core.match.losses import dice_loss, supervised_loss, unimatch_total, unsupervised_loss
 
 
 def case(seed: int = 0, b: int = 2, c: int = 4, s: int = 16):

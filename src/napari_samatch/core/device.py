@@ -1,4 +1,4 @@
-"""Device choice and mixed precision."""
+"""Device choice, mixed precision, and what keeps a GPU step from waiting on its host."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def conv_memory_format(device: torch.device) -> torch.memory_format:
     Match model's rung): unchanged there.
     """
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``F.one_hot(labels, num_classes).permute(0, 3, 1, 2)`` as bool, in the same memory layout, without its range
+    check (which reads the labels' extremes back to the host); a label outside 0..num_classes-1 gets no class."""
+    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).permute(0, 3, 1, 2)
 
 
 def set_threads(threads: int) -> None:

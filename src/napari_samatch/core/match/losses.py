@@ -8,22 +8,16 @@ and a batch with no valid pixel gives a loss of 0 (with a gradient of 0), never 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..device import one_hot
 from ..errors import ConfigError, DataError
 
-__all__ = ["dice_loss", "one_hot", "supervised_loss", "unsupervised_loss", "unimatch_total", "IGNORE"]
+__all__ = ["dice_loss", "supervised_loss", "unsupervised_loss", "unimatch_total", "IGNORE"]
 
 IGNORE = -1  #: label value of pixels that no loss looks at
 DICE_SMOOTH = 1e-5  # as UniMatch's DiceLoss: an absent class predicted absent scores Dice 1
-
-
-def one_hot(labels: Tensor, num_classes: int) -> Tensor:
-    """``F.one_hot(labels, num_classes).permute(0, 3, 1, 2)`` as bool, in the same memory layout, without its range
-    check (which reads the labels' extremes back to the host); a label outside 0..num_classes-1 gets no class."""
-    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).permute(0, 3, 1, 2)
 
 
 def _labels(target: Tensor, logits: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..match.losses import one_hot
+from ..device import one_hot
 from .interpolation import interpolate_labels
 
 __all__ = ["slice_prior", "NativePrior", "fuse_prior", "gate_to_prior", "prompts_on_prior", "one_painted_slice_note"]
