@@ -14,8 +14,10 @@ wait for the stream to drain) that stop Python from running ahead of the GPU, an
 3. ``ladder``: the joint step's median time as levers are switched on one after another, then all off
    again (the last rung checks that the machine did not drift): SAM's prompts decoded and learned in runs of
    ``refiner.GPU_CHUNK`` instead of the CPU's 4 (the GPU's default since 2026-12-06: counted on a CPU, a
-   third of the operations a 4 + 4 step dispatches; ``benchmarks/step_ops.py``); TF32 matmuls and cuDNN
-   autotuning; the
+   third of the operations a 4 + 4 step dispatches; ``benchmarks/step_ops.py``); the step's host-made tensors
+   (random draws, CutMix boxes, sampled indices) copied to the GPU from pinned memory without blocking
+   (``device.to_device``, also the default since then; a blocking copy synchronises the stream); TF32 matmuls
+   and cuDNN autotuning; the
    augmentation's random draws made on the GPU (a CUDA generator, and the geometry's constant matrices
    kept there: no host-to-device copy per draw); the Match model in channels-last memory format;
    ``torch.compile`` of the Match model.
@@ -138,6 +140,7 @@ def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]
     import torch
 
     import napari_samatch.core.engine.engine as engine_module
+    from napari_samatch.core import device as device_module
     from napari_samatch.core.sam import refiner as refiner_module
 
     cuda = engine.device.type == "cuda"
@@ -145,6 +148,9 @@ def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]
 
     def set_long_runs(on: bool) -> None:  # off: SAM's prompts in the CPU's runs of 4, as on 2026-12-04
         refiner_module.GPU_CHUNK = long_runs if on else refiner_module.LEARN_CHUNK
+
+    def set_pinned(on: bool) -> None:  # off: blocking copies of host-made tensors, as on 2026-12-04
+        device_module.PINNED_COPIES = on
 
     original_step_fn = engine_module.unimatch_step
     aug_gen = torch.Generator(device=engine.device).manual_seed(1) if cuda else engine.rank_gen
@@ -180,8 +186,10 @@ def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]
         engine.train_unet = torch.compile(plain_unet) if on else plain_unet
 
     set_long_runs(False)
-    rungs = [("baseline (SAM's prompts 4 a run)", None, False),
+    set_pinned(False)
+    rungs = [("baseline (as on 2026-12-04)", None, False),
              (f"+ SAM's prompts {long_runs} a run", set_long_runs, True),
+             ("+ host-made tensors pinned, not blocking", set_pinned, True),
              ("+ TF32 matmuls, cuDNN autotuning", set_flags, True),
              ("+ augmentation draws on the GPU", set_gpu_generator, True),
              ("+ Match model channels-last", set_channels_last, True)]
@@ -197,15 +205,16 @@ def ladder(engine, steps: int, warmup: int, compile_ok: bool, say) -> list[dict]
             row = {"rung": name, **_time_steps(engine, steps, warmup + (3 if "compile" in name else 0))}
             row["wall_s"] = round(time.perf_counter() - t, 1)
             rows.append(row)
-            say(f"levers: {name:38s} {row['median_s'] * 1e3:7.1f} ms (min {row['min_s'] * 1e3:.1f}, "
+            say(f"levers: {name:42s} {row['median_s'] * 1e3:7.1f} ms (min {row['min_s'] * 1e3:.1f}, "
                 f"IQR {1e3 * (row['spread_s'] or 0):.1f})" + (f", {row['peak_cuda_gib']} GiB" if cuda else ""))
     finally:
-        for switch in (set_compiled, set_channels_last, set_gpu_generator, set_flags, set_long_runs):
+        for switch in (set_compiled, set_channels_last, set_gpu_generator, set_flags, set_pinned, set_long_runs):
             switch(False)
     row = {"rung": "all off again (drift check)", **_time_steps(engine, steps, warmup)}
     rows.append(row)
     set_long_runs(True)
-    say(f"levers: {row['rung']:38s} {row['median_s'] * 1e3:7.1f} ms")
+    set_pinned(True)
+    say(f"levers: {row['rung']:42s} {row['median_s'] * 1e3:7.1f} ms")
     return rows
 
 

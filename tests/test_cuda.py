@@ -110,3 +110,21 @@ def test_a_run_on_the_device_resumes_on_the_cpu(device, sample, tmp_path):
     on_cpu = resumed.predict([0, 1]).float()
     assert (on_device.argmax(1) == on_cpu.argmax(1)).float().mean() > 0.99
     assert torch.allclose(on_device, on_cpu, atol=2e-2)
+
+
+def test_host_made_tensors_reach_the_device_without_a_stream_sync(device):
+    """``to_device`` gives ``.to(device)``'s values; on a GPU it must not synchronise (with the sync debug mode set to
+    "error" a blocking host-to-device copy raises), so the host can keep queueing work while the GPU runs."""
+    from napari_samatch.core.device import to_device
+
+    draws = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        moved = to_device(draws, device)
+    finally:
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    assert moved.device.type == device.type
+    assert torch.equal(moved.cpu(), draws)

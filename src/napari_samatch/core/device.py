@@ -69,6 +69,21 @@ def conv_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
+# Host-made tensors of a step (random draws, CutMix boxes, sampled indices) reach a GPU through pinned memory without
+# blocking (to_device); benchmarks/gpu_levers.py switches this off for its baseline.
+PINNED_COPIES = True
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t.to(device)``, and from the host to a GPU through pinned memory without blocking: after a blocking
+    host-to-device copy PyTorch synchronises the stream, so each made the host wait for all the work queued on the
+    GPU (about 30 a step on the H200, docs/benchmarks.md, "The GPU check"). The same values either way."""
+    device = torch.device(device)
+    if PINNED_COPIES and device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``F.one_hot(labels, num_classes).permute(0, 3, 1, 2)`` as bool, in the same memory layout, without its range
     check (which reads the labels' extremes back to the host); a label outside 0..num_classes-1 gets no class."""

@@ -32,7 +32,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig, from_dict
 from ..data.slices import SliceSet
 from ..data.store import training_slices
-from ..device import autocast, conv_memory_format, select_device, set_threads, tune_cpu_allocator
+from ..device import autocast, conv_memory_format, select_device, set_threads, to_device, tune_cpu_allocator
 from ..errors import CheckpointError, DataError
 from ..match.averaging import WeightAverage
 from ..match.inference import predict_probs
@@ -250,7 +250,7 @@ class Engine:
 
     def _sample(self, pool: torch.Tensor, k: int, gen: torch.Generator | None = None) -> torch.Tensor:
         pick = torch.randint(len(pool), (k,), generator=gen or self.gen)
-        return pool[pick.to(pool.device)]
+        return pool[to_device(pick, pool.device)]
 
     def _sam_params(self) -> list[torch.Tensor]:
         return [p for g in self.opt_sam.param_groups for p in g["params"]] if self.opt_sam else []

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..device import to_device
 from ..match.augment import apply_cutmix, cutmix_masks, invert, random_geometry, strong_view, warp
 from ..match.losses import supervised_loss, unimatch_total, unsupervised_loss
 from ..match.unet import UNet
@@ -32,7 +33,7 @@ def read_logs(logs: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def weak_labeled(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    theta = random_geometry(x.shape[0], gen).to(x.device)
+    theta = to_device(random_geometry(x.shape[0], gen), x.device)
     return warp(x, theta, mode="bilinear"), warp(y, theta, mode="nearest", fill=0)
 
 
@@ -62,11 +63,11 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
     """
     bx, bu, s = x.shape[0], u.shape[0], u.shape[-1]
     x_w, y_w = weak_labeled(x, y, gen)
-    theta_u = random_geometry(bu, gen).to(u.device)
+    theta_u = to_device(random_geometry(bu, gen), u.device)
     u_w = warp(u, theta_u, mode="bilinear")
     u_s1, u_s2 = strong_view(u_w, gen), strong_view(u_w, gen)
-    m1 = cutmix_masks(bu, s, s, gen).to(u.device)
-    m2 = cutmix_masks(bu, s, s, gen).to(u.device)
+    m1 = to_device(cutmix_masks(bu, s, s, gen), u.device)
+    m2 = to_device(cutmix_masks(bu, s, s, gen), u.device)
     u_s1 = apply_cutmix(u_s1, u_s1.roll(1, 0), m1)
     u_s2 = apply_cutmix(u_s2, u_s2.roll(1, 0), m2)
 

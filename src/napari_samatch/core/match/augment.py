@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..device import to_device
 from ..errors import ConfigError, DataError
 
 __all__ = [
@@ -36,12 +37,12 @@ _PADDINGS = ("zeros", "border", "reflection")
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | None) -> Tensor:
     """Uniform [0, 1) draws from ``generator`` (on its own device), moved to ``device``."""
     u = torch.rand(shape, generator=generator, device=generator.device)
-    return u if device is None else u.to(device)
+    return u if device is None else to_device(u, device)
 
 
 def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device) -> Tensor:
     u = torch.randint(0, high, shape, generator=generator, device=generator.device)
-    return u if device is None else u.to(device)
+    return u if device is None else to_device(u, device)
 
 
 # ----------------------------------------------------------------------------------------- geometry
@@ -264,7 +265,7 @@ def cutmix_masks(
     x0 = (torch.rand(batch, generator=generator, device=gdev) * (width - bw + 1)).long()
     y0 = (torch.rand(batch, generator=generator, device=gdev) * (height - bh + 1)).long()
     dev = gdev if device is None else torch.device(device)
-    x0, y0, bw, bh, apply = (t.to(dev) for t in (x0, y0, bw, bh, apply))
+    x0, y0, bw, bh, apply = (to_device(t, dev) for t in (x0, y0, bw, bh, apply))
     xs = torch.arange(width, device=dev)[None, None, :]
     ys = torch.arange(height, device=dev)[None, :, None]
     inside = (xs >= x0[:, None, None]) & (xs < (x0 + bw)[:, None, None])

@@ -19,9 +19,8 @@ unambiguous for SAM (far from every edge, and inside a ring's wall for the myoca
 highest-confidence pixel is not, because UNet probabilities saturate at 1.0 over most of a structure
 and the first saturated pixel often lies on its edge. Further points maximise
 ``min(depth, distance to the points chosen so far)``, so they spread over the structure. Negative points
-use the same rule on the pixels inside the box that confidently belong to *another* class or to
-background (for a myocardium box: the LV pool, which tells SAM "not the hole"). Missing points are
-padding: label -1 at (0, 0).
+use the same rule on the pixels inside the box that confidently belong to *another* class or to background
+(for a myocardium box: the LV pool, which tells SAM "not the hole"). Missing points are padding: label -1 at (0, 0).
 
 Everything runs on the input's device without per-pixel Python loops. Connected components use
 ``scipy.ndimage.label`` (one call for the whole batch, a structure that never links two planes) for
@@ -45,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..device import to_device
 from ..errors import ConfigError, DataError
 
 Components = Literal["largest", "all", "union"]
@@ -357,7 +357,7 @@ def _build(label_map, conf, num_classes, bbox_shift, components, min_area, point
 
     tight = boxes_from_masks(masks).float() if n else torch.zeros(0, 4, device=dev)
     if jitter:
-        shift = torch.randint(0, bbox_shift + 1, (n, 4), generator=generator).to(dev).float()
+        shift = to_device(torch.randint(0, bbox_shift + 1, (n, 4), generator=generator), dev).float()
     else:
         shift = torch.full((n, 4), float(bbox_shift), device=dev)
     sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=dev)
