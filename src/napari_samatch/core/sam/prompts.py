@@ -84,7 +84,7 @@ class Prompts:
 
     def select(self, keep: torch.Tensor) -> "Prompts":
         """The prompts picked by a boolean mask or index tensor (image numbering unchanged)."""
-        keep = keep.to(self.image_index.device)
+        keep = to_device(keep, self.image_index.device)  # once, not blocking: not once per field
         return self._map(lambda t: t[keep])
 
     def __add__(self, other: "Prompts") -> "Prompts":

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
-from ..device import autocast
+from ..device import autocast, to_device
 from ..evaluation.metrics import dice_per_class
 from ..prior.prior import prompts_on_prior
 from .base import SamBackend
@@ -272,7 +272,7 @@ class Refiner:
             if len(rest):
                 with torch.no_grad():
                     logits_rest, iou_rest = self.decode(emb.detach(), prompts.select(rest))
-                order = torch.cat([keep, rest]).argsort().to(logits.device)
+                order = to_device(torch.cat([keep, rest]).argsort(), logits.device)
                 logits, iou = torch.cat([logits, logits_rest])[order], torch.cat([iou, iou_rest])[order]
         if prior_check is not None and len(prompts):
             prompts, logits, iou = self.checked(emb, prompts, logits, iou, prior_check, size)
@@ -300,8 +300,8 @@ class Refiner:
                                                                        alt.class_index.tolist())], dtype=torch.bool))
         with torch.no_grad():
             alt_logits, alt_iou = self.decode(emb, alt, out_size=size)
-        return (prompts.select(ix) + alt, torch.cat([logits[ix.to(logits.device)], alt_logits]),
-                torch.cat([iou[ix.to(iou.device)], alt_iou]))
+        return (prompts.select(ix) + alt, torch.cat([logits[to_device(ix, logits.device)], alt_logits]),
+                torch.cat([iou[to_device(ix, iou.device)], alt_iou]))
 
     def learn_labeled(self, keys: Sequence[int], images: torch.Tensor, labels: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
@@ -341,7 +341,7 @@ class Refiner:
             for start, end in self.runs(prompts, LEARN_CHUNK):
                 idx = torch.arange(start, end)
                 lg, io = self.decode(leaf, prompts.select(idx))
-                loss = mask_loss(lg, targets[idx.to(targets.device)]) * (weight * len(idx) / n)
+                loss = mask_loss(lg, targets[to_device(idx, targets.device)]) * (weight * len(idx) / n)
                 loss.backward()
                 logits.append(lg.detach())
                 iou.append(io.detach())
