@@ -96,7 +96,7 @@ class PriorCheck:
 
 @dataclass
 class Refined:
-    """A refined pseudo-label batch in the S x S training frame (for an answer at the slices' own size but prompts)."""
+    """A refined pseudo-label batch: prompts in the S x S training frame, the rest there too except for an answer."""
 
     labels: torch.Tensor        # (B,S,S) long
     confidence: torch.Tensor    # (B,S,S) float in [0,1]
