@@ -31,6 +31,8 @@ Levers (none changes the code under test; each is switched on and off around one
                      (``core.sam.two_way`` computes its first layer's image-side projections once per slice)
   flat_chunks        SAM's decodes cut every ``DECODE_CHUNK`` / ``LEARN_CHUNK`` prompts wherever that falls, as
                      before 2026-12-06 (``core.sam.refiner.chunks`` cuts between slices where it can)
+  stock_dropout      the Match model's dropout masks from ``bernoulli_`` (``F.dropout``), as before 2026-12-06
+                     (``core.match.unet.MaskDropout`` draws them from random bits on a CPU)
   compiled_unet      the Match model through ``torch.compile`` (inductor; on a CPU it needs a C++ compiler;
                      compiled once, in the first warm-up repetition, so the warm-ups absorb it)
   a+b                both levers at once
@@ -121,6 +123,12 @@ def lever(engine, name: str):
         from napari_samatch.core.sam import base
 
         with mock.patch.object(base, "token_major", lambda x: x):
+            yield
+    elif name == "stock_dropout":
+        from napari_samatch.core.match import unet
+
+        stock = lambda self, x: torch.nn.functional.dropout(x, self.p, self.training)  # noqa: E731
+        with mock.patch.object(unet.MaskDropout, "forward", stock):
             yield
     elif name == "compiled_unet":
         if not hasattr(engine, "_compiled_unet"):  # one compiled module for every repetition
