@@ -8,7 +8,7 @@ import torch
 from napari_samatch.core.errors import DataError
 from napari_samatch.core.match.inference import class_map, class_map_and_confidence
 from napari_samatch.core.match.losses import supervised_loss
-from napari_samatch.core.match.unet import UNet, count_parameters
+from napari_samatch.core.match.unet import MaskDropout, UNet, count_parameters
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +163,32 @@ def test_in_place_activations_change_nothing_but_memory():
     for a, b in zip(ours[:2] + ours[2], theirs[:2] + theirs[2]):
         assert torch.equal(a, b)
     assert our_bytes < 0.9 * their_bytes, (our_bytes, their_bytes)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_mask_dropout_is_dropout(p, layout):
+    """MaskDropout keeps each element with probability 1 - p, gives the kept ones the values ``nn.Dropout``
+    gives them (scaled by 1 / (1 - p), rounded alike), keeps the input's dtype and memory layout, passes gradients through the same mask,
+    repeats under the same seed, and is the identity in evaluation."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = (torch.rand(4, 32, 48, 48) + 0.5).bfloat16().contiguous(memory_format=fmt).requires_grad_()
+    drop = MaskDropout(p).train()
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / n) ** 0.5  # five standard errors
+    stock = torch.nn.functional.dropout(x, p, training=True)  # its own mask; the same values where both keep
+    both = kept & (stock != 0)
+    assert torch.equal(y[both], stock[both])
+    assert y.dtype == x.dtype and y.is_contiguous(memory_format=fmt)
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad != 0, kept)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    # neighbouring channels and pixels are not tied together (each element has its own 16 bits)
+    by_channel = kept.float().mean((0, 2, 3))
+    assert by_channel.std() < 0.05
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(MaskDropout(0.0).train()(x), x)
