@@ -169,8 +169,8 @@ def test_in_place_activations_change_nothing_but_memory():
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 def test_mask_dropout_is_dropout(p, layout):
     """MaskDropout keeps each element with probability 1 - p, gives the kept ones the values ``nn.Dropout``
-    gives them (scaled by 1 / (1 - p), rounded alike), keeps the input's dtype and memory layout, passes gradients through the same mask,
-    repeats under the same seed, and is the identity in evaluation."""
+    gives them (scaled by 1 / (1 - p), rounded alike), keeps the input's dtype and memory layout, passes
+    gradients through the same mask, repeats under the same seed, and is the identity in evaluation."""
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = (torch.rand(4, 32, 48, 48) + 0.5).bfloat16().contiguous(memory_format=fmt).requires_grad_()
     drop = MaskDropout(p).train()
