@@ -82,6 +82,9 @@ def test_prompts_are_boxes_on_predicted_classes(run):
 #   AMD EPYC, 2026-12-02, seed 0:                  0.326 -> 0.320 (RV 0.448 -> 0.432)
 #   AMD EPYC, seed 1:                              0.344 -> 0.373 (RV 0.429 -> 0.483)
 #   AMD EPYC, seed 0, fp32 (no bf16 autocast):     0.317 -> 0.374 (RV 0.406 -> 0.527)
+# How weak swings with the random draws (2026-12-06, AMD EPYC, raw mean only): 1 thread, seeds 0 / 1 / 2,
+# bernoulli_ dropout masks 0.243 / 0.237 / 0.329, the masks from random bits (MaskDropout) 0.335 / 0.301 / 0.171;
+# 2 threads, seed 0, random bits 0.249.
 # So "refined beats raw by a margin" is a coin with this weak a Match model, and is asserted on the
 # phantom above; here the test holds what does not depend on the machine: the ring keeps the Match
 # label exactly, and refining the trusted classes never costs more than noise.
@@ -116,7 +119,7 @@ def test_acdc_trust_rule_keeps_the_ring_and_refinement_costs_nothing(acdc_run):
     raw, ref = per_class(probs.argmax(1), hidden), per_class(refined.labels, hidden)
     print(f"\nACDC, 3 cases, 600 supervised steps: {message}\nDice RV/Myo/LV raw {np.round(raw, 3)} mean "
           f"{raw.mean():.3f}; SAM-refined {np.round(ref, 3)} mean {ref.mean():.3f}")
-    assert raw.mean() >= 0.25                     # the Match model learned (measured 0.317-0.384)
+    assert raw.mean() >= 0.15                     # the Match model learned (measured 0.171-0.384, see above)
     assert engine.refiner.trusted == {1, 3}       # RV and LV; the ring's box Dice 0.71 < 0.8
     assert ref[1] == pytest.approx(raw[1])        # the ring is the Match model's, pixel for pixel
     assert ref.mean() >= raw.mean() - 0.03        # measured -0.006 .. +0.057 (see above)
