@@ -1,6 +1,6 @@
 """Speed levers for the joint step, A/B side by side in one process, repetitions interleaved.
 
-    python benchmarks/levers.py --batch 1 --reps 9 --levers contiguous_unet fp_labeled_too bf16_step
+    python benchmarks/levers.py --batch 1 --reps 9 --levers contiguous_unet fp_unlabeled_only bf16_step
     python benchmarks/levers.py --batch 4 --reps 5 --levers sam_prompts_4
 
 On a machine shared with other work, absolute times drift from minute to minute; comparing a lever
@@ -13,8 +13,7 @@ median of the per-repetition ratios lever / baseline (paired, so slow minutes ca
 Levers (none changes the code under test; each is switched on and off around one step):
   contiguous_unet    the Match model's weights in the NCHW layout (channels-last on a CPU by default since
                      2026-12-04, when this lever was ``channels_last`` and measured the other way round)
-  fp_labeled_too     feature perturbation decoded for the labeled half too and thrown away, as UniMatch does and
-                     this engine did before 2026-12-06 (``UNet(fp_start=0)``; the step passes ``fp_start=bx``)
+  fp_unlabeled_only  feature perturbation decoded for the unlabeled half only (``UNet(fp_start=bx)``)
   bf16_step          the whole step under the engine's autocast (SAM too; bf16 where the CPU has it)
   fp32_unet          the Match model without autocast (the engine's default is bf16 on AMX CPUs)
   sam_train_fp32     SAM's training decodes in float32 (``RunConfig.sam_train_amp`` off; on by default since
@@ -56,18 +55,19 @@ from torch import nn
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class FpLabeledToo(nn.Module):
-    """Decodes the perturbed copy of the whole batch (``fp_start=0``) and returns the rows the step asked for."""
+class FpUnlabeledOnly(nn.Module):
+    """Passes ``fp_start`` = the labeled batch size whenever the step asks for feature perturbation."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, bx: int) -> None:
         super().__init__()
-        self.unet = unet
+        self.unet, self.bx = unet, bx
 
-    def forward(self, x, need_fp: bool = False, fp_start: int = 0):
+    def forward(self, x, need_fp: bool = False):
         if not need_fp:
             return self.unet(x)
-        logits, fp = self.unet(x, need_fp=True, fp_start=0)
-        return logits, fp[fp_start:]
+        logits, fp = self.unet(x, need_fp=True, fp_start=self.bx)
+        # unimatch_step slices logits_fp[bx:]; pad the front so its indexing is unchanged
+        return logits, torch.cat([fp.new_zeros((self.bx, *fp.shape[1:])), fp])
 
 
 @contextlib.contextmanager
@@ -98,8 +98,8 @@ def lever(engine, name: str):
             yield
         finally:
             engine.unet.to(memory_format=torch.channels_last)
-    elif name == "fp_labeled_too":
-        with mock.patch.object(engine, "train_unet", FpLabeledToo(engine.unet)):
+    elif name == "fp_unlabeled_only":
+        with mock.patch.object(engine, "train_unet", FpUnlabeledOnly(engine.unet, engine.config.batch_labeled)):
             yield
     elif name == "stock_upscaling":
         from napari_samatch.core.sam import upscaling
@@ -159,7 +159,7 @@ def lever(engine, name: str):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levers", nargs="+", default=["contiguous_unet", "fp_labeled_too", "bf16_step"])
+    ap.add_argument("--levers", nargs="+", default=["contiguous_unet", "fp_unlabeled_only", "bf16_step"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--reps", type=int, default=7)

@@ -59,9 +59,7 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
 
     CutMix partners are the same unlabeled batch rolled by one (and their pseudo-labels rolled alike),
     so the pseudo-labels of a step are computed once; UniMatch draws a second unlabeled batch instead,
-    which would double SAM's work for the same mixing statistics. The feature-perturbed copy is decoded for
-    the unlabeled half only: UniMatch also decodes one of the labeled half and throws it away (a tenth of
-    the UNet's work; the decoder's BatchNorm statistics then leave out those bx perturbed samples).
+    which would double SAM's work for the same mixing statistics.
     """
     bx, bu, s = x.shape[0], u.shape[0], u.shape[-1]
     x_w, y_w = weak_labeled(x, y, gen)
@@ -74,10 +72,10 @@ def unimatch_step(unet: UNet, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor,
     u_s2 = apply_cutmix(u_s2, u_s2.roll(1, 0), m2)
 
     with amp:
-        logits, logits_fp = unet(torch.cat([x_w, u_w]), need_fp=True, fp_start=bx)
+        logits, logits_fp = unet(torch.cat([x_w, u_w]), need_fp=True)
         logits_s = unet(torch.cat([u_s1, u_s2]))
     pred_x, pred_w = logits.float().split([bx, bu])
-    pred_fp = logits_fp.float()
+    pred_fp = logits_fp.float()[bx:]
     pred_s1, pred_s2 = logits_s.float().chunk(2)
 
     probs_w = F.softmax(pred_w.detach(), dim=1)
